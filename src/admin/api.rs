@@ -1,0 +1,782 @@
+//! `/v1`: users, apps and user tokens (PRODUCT.md §6, §11). Bodies are read whole (64 KiB at
+//! most), unknown fields refused, and every validation error names its field. A change is
+//! written to the store first, then the cache is told, so a refused credential is refused at
+//! once.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use chrono::{DateTime, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Value, json};
+
+use super::AdminState;
+use crate::cache::Invalidation;
+use crate::credential::format::{self, TokenKind};
+use crate::model::{App, User, UserStatus, UserToken};
+use crate::store::{StoreError, TokenFilter};
+
+const MAX_BODY: usize = 64 * 1024;
+const DEFAULT_PAGE: usize = 100;
+const MAX_PAGE: usize = 1000;
+
+type Shared = State<Arc<AdminState>>;
+
+pub fn routes() -> Router<Arc<AdminState>> {
+    Router::new()
+        .route("/v1/users", get(list_users).post(create_user))
+        .route(
+            "/v1/users/{id}",
+            get(get_user).patch(patch_user).delete(delete_user),
+        )
+        .route("/v1/users/{id}/tokens", post(create_token))
+        .route("/v1/apps", get(list_apps).post(create_app))
+        .route(
+            "/v1/apps/{id}",
+            get(get_app).patch(patch_app).delete(delete_app),
+        )
+        .route("/v1/tokens", get(list_tokens))
+        .route("/v1/tokens/delete", post(delete_tokens))
+        .route(
+            "/v1/tokens/{id}",
+            get(get_token).patch(patch_token).delete(delete_token),
+        )
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// An admin API error: `{"error", "message", "field"?}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            field: None,
+        }
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.to_owned()),
+            ..Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            message,
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut body = json!({"error": self.code, "message": self.message});
+        if let Some(field) = self.field {
+            body["field"] = Value::String(field);
+        }
+        let mut resp = (self.status, Json(body)).into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("5"),
+            );
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => Self::not_found("not found"),
+            StoreError::Conflict => Self::new(StatusCode::CONFLICT, "conflict", "that id is taken"),
+            StoreError::LimitReached(n) => Self::new(
+                StatusCode::CONFLICT,
+                "token_limit_reached",
+                format!("this user already holds {n} tokens, the most allowed"),
+            ),
+            StoreError::Unavailable(cause) => {
+                tracing::warn!(%cause, "admin write refused: store unavailable");
+                Self::unavailable("the store is not answering; nothing was changed, try again")
+            }
+            StoreError::Backend(cause) => {
+                tracing::error!(%cause, "store error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "store_error",
+                    "the store failed; see the server log",
+                )
+            }
+        }
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Reads a JSON body into `T`, naming the field at fault.
+fn parse<T: DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("the body is over {MAX_BODY} bytes"),
+        ),
+        _ => ApiError::invalid("body", e.body_text()),
+    })?;
+    let de = &mut serde_json::Deserializer::from_slice(&body);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.to_string();
+        // Unknown fields are in the path; missing ones only in the message.
+        let field = if path != "." {
+            path
+        } else {
+            message
+                .split_once("missing field `")
+                .and_then(|(_, r)| r.split_once('`'))
+                .map_or_else(|| "body".to_owned(), |(f, _)| f.to_owned())
+        };
+        ApiError::invalid(&field, format!("{field}: {message}"))
+    })
+}
+
+/// For PATCH: absent (`None`), `null` (`Some(None)`) and a value are three different things.
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+fn check_id(field: &str, id: &str) -> ApiResult<()> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(
+            field,
+            format!("{field}: 1 to 64 letters, digits, '-', '_', '.', '@'"),
+        ))
+    }
+}
+
+/// Names, emails and the like: not empty, no control characters, at most `max` bytes.
+fn check_text(field: &str, value: &str, max: usize, required: bool) -> ApiResult<()> {
+    if required && value.trim().is_empty() {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field} must not be empty"),
+        ));
+    }
+    if value.len() > max || value.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            format!("{field}: at most {max} bytes, no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_optional(field: &str, value: Option<&str>) -> ApiResult<()> {
+    value.map_or(Ok(()), |v| check_text(field, v, 200, true))
+}
+
+fn check_email(email: &str) -> ApiResult<()> {
+    check_text("email", email, 254, true)?;
+    match email.split_once('@') {
+        Some((local, domain))
+            if !local.is_empty() && !domain.is_empty() && !email.contains(' ') =>
+        {
+            Ok(())
+        }
+        _ => Err(ApiError::invalid("email", "email: not an email address")),
+    }
+}
+
+/// Every app named exists.
+async fn check_apps_exist(state: &AdminState, apps: &[String]) -> ApiResult<()> {
+    for app in apps {
+        check_id("apps", app)?;
+        if state.store.app(app).await?.is_none() {
+            return Err(ApiError::invalid(
+                "apps",
+                format!("apps: there is no app {app:?}"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn dedup(mut v: Vec<String>) -> Vec<String> {
+    let mut seen = std::collections::HashSet::new();
+    v.retain(|x| seen.insert(x.clone()));
+    v
+}
+
+#[derive(Deserialize)]
+struct Page {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `{"items": [...], "next_cursor": ...}` over a list sorted by id.
+fn page<T, V: Serialize>(
+    items: Vec<T>,
+    id: impl Fn(&T) -> &str,
+    page: &Page,
+    view: impl Fn(T) -> V,
+) -> ApiResult<Json<Value>> {
+    let limit = page.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit: 1 to {MAX_PAGE}"),
+        ));
+    }
+    let mut rest: Vec<T> = match &page.cursor {
+        Some(after) => items
+            .into_iter()
+            .filter(|t| id(t) > after.as_str())
+            .collect(),
+        None => items,
+    };
+    let more = rest.len() > limit;
+    rest.truncate(limit);
+    let next = if more {
+        rest.last().map(|t| id(t).to_owned())
+    } else {
+        None
+    };
+    Ok(Json(json!({
+        "items": rest.into_iter().map(view).collect::<Vec<_>>(),
+        "next_cursor": next,
+    })))
+}
+
+// ---------------------------------------------------------------- users
+
+fn user_view(u: &User) -> Value {
+    json!({
+        "id": u.id, "email": u.email, "name": u.name, "department": u.department,
+        "user_type": u.user_type, "tenant": u.tenant, "status": u.status, "apps": u.apps,
+        "created_at": u.created_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewUser {
+    id: Option<String>,
+    email: String,
+    name: String,
+    department: Option<String>,
+    user_type: Option<String>,
+    tenant: Option<String>,
+    #[serde(default)]
+    apps: Vec<String>,
+}
+
+async fn create_user(
+    State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let new: NewUser = parse(body)?;
+    let id = match new.id {
+        Some(id) => id,
+        None => format!(
+            "u_{}",
+            format::random_base32(12).map_err(|e| ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                e.to_string()
+            ))?
+        ),
+    };
+    check_id("id", &id)?;
+    check_email(&new.email)?;
+    check_text("name", &new.name, 200, true)?;
+    check_optional("department", new.department.as_deref())?;
+    check_optional("user_type", new.user_type.as_deref())?;
+    check_optional("tenant", new.tenant.as_deref())?;
+    let apps = dedup(new.apps);
+    check_apps_exist(&state, &apps).await?;
+    let user = User {
+        id,
+        email: new.email,
+        name: new.name,
+        department: new.department,
+        user_type: new.user_type,
+        tenant: new.tenant,
+        status: UserStatus::Active,
+        apps,
+        password_hash: None,
+        created_at: state.engine.clock().now(),
+    };
+    state.store.insert_user(&user).await?;
+    // A negative entry for this id may be cached from before it existed.
+    state
+        .engine
+        .invalidate(&Invalidation::User(user.id.clone()))
+        .await;
+    Ok((StatusCode::CREATED, Json(user_view(&user))).into_response())
+}
+
+async fn list_users(State(state): Shared, Query(p): Query<Page>) -> ApiResult<Json<Value>> {
+    let users = state.store.users().await?;
+    page(users, |u| &u.id, &p, |u| user_view(&u))
+}
+
+async fn get_user(State(state): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let user = state
+        .store
+        .user(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user {id:?}")))?;
+    Ok(Json(user_view(&user)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UserPatch {
+    email: Option<String>,
+    name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    department: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    user_type: Option<Option<String>>,
+    #[serde(default, deserialize_with = "nullable")]
+    tenant: Option<Option<String>>,
+    status: Option<UserStatus>,
+    apps: Option<Vec<String>>,
+}
+
+async fn patch_user(
+    State(state): Shared,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let patch: UserPatch = parse(body)?;
+    let mut user = state
+        .store
+        .user(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user {id:?}")))?;
+    if let Some(email) = patch.email {
+        check_email(&email)?;
+        user.email = email;
+    }
+    if let Some(name) = patch.name {
+        check_text("name", &name, 200, true)?;
+        user.name = name;
+    }
+    if let Some(d) = patch.department {
+        check_optional("department", d.as_deref())?;
+        user.department = d;
+    }
+    if let Some(t) = patch.user_type {
+        check_optional("user_type", t.as_deref())?;
+        user.user_type = t;
+    }
+    if let Some(t) = patch.tenant {
+        check_optional("tenant", t.as_deref())?;
+        user.tenant = t;
+    }
+    if let Some(s) = patch.status {
+        user.status = s;
+    }
+    if let Some(apps) = patch.apps {
+        let apps = dedup(apps);
+        check_apps_exist(&state, &apps).await?;
+        user.apps = apps;
+    }
+    state.store.update_user(&user).await?;
+    state.engine.invalidate(&Invalidation::User(id)).await;
+    Ok(Json(user_view(&user)))
+}
+
+async fn delete_user(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let tokens = state.store.delete_user(&id).await?;
+    state.engine.invalidate(&Invalidation::User(id)).await;
+    for t in tokens {
+        state.engine.invalidate(&Invalidation::UserToken(t)).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- apps
+
+fn app_view(a: &App) -> Value {
+    json!({
+        "id": a.id, "name": a.name, "tenant": a.tenant,
+        "require_app_token": a.require_app_token, "created_at": a.created_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewApp {
+    id: String,
+    name: String,
+    tenant: Option<String>,
+    #[serde(default)]
+    require_app_token: bool,
+}
+
+async fn create_app(
+    State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let new: NewApp = parse(body)?;
+    check_id("id", &new.id)?;
+    check_text("name", &new.name, 200, true)?;
+    check_optional("tenant", new.tenant.as_deref())?;
+    let app = App {
+        id: new.id,
+        name: new.name,
+        tenant: new.tenant,
+        require_app_token: new.require_app_token,
+        created_at: state.engine.clock().now(),
+    };
+    state.store.insert_app(&app).await?;
+    state
+        .engine
+        .invalidate(&Invalidation::App(app.id.clone()))
+        .await;
+    Ok((StatusCode::CREATED, Json(app_view(&app))).into_response())
+}
+
+async fn list_apps(State(state): Shared, Query(p): Query<Page>) -> ApiResult<Json<Value>> {
+    let apps = state.store.apps().await?;
+    page(apps, |a| &a.id, &p, |a| app_view(&a))
+}
+
+async fn get_app(State(state): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let app = state
+        .store
+        .app(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no app {id:?}")))?;
+    Ok(Json(app_view(&app)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AppPatch {
+    name: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    tenant: Option<Option<String>>,
+    require_app_token: Option<bool>,
+}
+
+async fn patch_app(
+    State(state): Shared,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let patch: AppPatch = parse(body)?;
+    let mut app = state
+        .store
+        .app(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no app {id:?}")))?;
+    if let Some(name) = patch.name {
+        check_text("name", &name, 200, true)?;
+        app.name = name;
+    }
+    if let Some(t) = patch.tenant {
+        check_optional("tenant", t.as_deref())?;
+        app.tenant = t;
+    }
+    if let Some(r) = patch.require_app_token {
+        app.require_app_token = r;
+    }
+    state.store.update_app(&app).await?;
+    state.engine.invalidate(&Invalidation::App(id)).await;
+    Ok(Json(app_view(&app)))
+}
+
+async fn delete_app(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    state.store.delete_app(&id).await?;
+    state.engine.invalidate(&Invalidation::App(id)).await;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- user tokens
+
+fn token_view(t: &UserToken, owner: Option<&User>) -> Value {
+    json!({
+        "id": t.id, "name": t.name, "description": t.description, "user_id": t.user_id,
+        "apps": t.apps, "active": t.active, "expires_at": t.expires_at,
+        "department": t.department, "user_type": t.user_type,
+        "tenant": owner.and_then(|u| u.tenant.clone()),
+        "created_at": t.created_at, "last_used_at": t.last_used_at,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    #[serde(default)]
+    description: String,
+    apps: Vec<String>,
+    expires_at: Option<DateTime<Utc>>,
+    department: Option<String>,
+    user_type: Option<String>,
+}
+
+/// The token's apps: known, within the limit, and usable by the owner.
+async fn check_token_apps(
+    state: &AdminState,
+    owner: &User,
+    apps: Vec<String>,
+) -> ApiResult<Vec<String>> {
+    let apps = dedup(apps);
+    if apps.len() > state.limits.apps_per_token {
+        return Err(ApiError::invalid(
+            "apps",
+            format!(
+                "apps: a token is assigned at most {} apps",
+                state.limits.apps_per_token
+            ),
+        ));
+    }
+    check_apps_exist(state, &apps).await?;
+    if let Some(app) = apps.iter().find(|a| !owner.may_use(a)) {
+        return Err(ApiError::invalid(
+            "apps",
+            format!(
+                "apps: user {:?} may not use app {app:?}, so neither may its token",
+                owner.id
+            ),
+        ));
+    }
+    Ok(apps)
+}
+
+fn check_expiry(state: &AdminState, at: Option<DateTime<Utc>>) -> ApiResult<()> {
+    match at {
+        Some(at) if at <= state.engine.clock().now() => Err(ApiError::invalid(
+            "expires_at",
+            "expires_at must be in the future",
+        )),
+        _ => Ok(()),
+    }
+}
+
+async fn create_token(
+    State(state): Shared,
+    Path(user_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let new: NewToken = parse(body)?;
+    let owner = state
+        .store
+        .user(&user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user {user_id:?}")))?;
+    check_text("name", &new.name, 200, true)?;
+    check_text("description", &new.description, 2000, false)?;
+    check_optional("department", new.department.as_deref())?;
+    check_optional("user_type", new.user_type.as_deref())?;
+    check_expiry(&state, new.expires_at)?;
+    let apps = check_token_apps(&state, &owner, new.apps).await?;
+    let secret = format::generate(TokenKind::UserToken)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let token = UserToken {
+        id: secret.id,
+        secret_hash: secret.hash,
+        name: new.name,
+        description: new.description,
+        user_id,
+        apps,
+        active: true,
+        expires_at: new.expires_at,
+        department: new.department,
+        user_type: new.user_type,
+        created_at: state.engine.clock().now(),
+        last_used_at: None,
+    };
+    state
+        .store
+        .insert_user_token(&token, state.limits.tokens_per_user)
+        .await?;
+    state
+        .engine
+        .invalidate(&Invalidation::UserToken(token.id.clone()))
+        .await;
+    state.metrics.issued("user_token");
+    tracing::info!(target: "audit", token_id = %token.id, user_id = %token.user_id, "user token created");
+    let mut view = token_view(&token, Some(&owner));
+    // The only time the secret is shown.
+    view["token"] = Value::String(secret.token);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    user: Option<String>,
+    app: Option<String>,
+    active: Option<bool>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_tokens(State(state): Shared, Query(q): Query<TokenQuery>) -> ApiResult<Json<Value>> {
+    let filter = TokenFilter {
+        user: q.user,
+        app: q.app,
+        active: q.active,
+    };
+    let tokens = state.store.user_tokens(&filter).await?;
+    page(
+        tokens,
+        |t| &t.id,
+        &Page {
+            cursor: q.cursor,
+            limit: q.limit,
+        },
+        |t| token_view(&t, None),
+    )
+}
+
+async fn get_token(State(state): Shared, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let token = state
+        .store
+        .user_token(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no token {id:?}")))?;
+    let owner = state.store.user(&token.user_id).await?;
+    let mut view = token_view(&token, owner.as_ref());
+    view["user_name"] = json!(owner.as_ref().map(|u| &u.name));
+    view["email"] = json!(owner.as_ref().map(|u| &u.email));
+    view["department"] = json!(
+        token
+            .department
+            .as_ref()
+            .or(owner.as_ref().and_then(|u| u.department.as_ref()))
+    );
+    view["user_type"] = json!(
+        token
+            .user_type
+            .as_ref()
+            .or(owner.as_ref().and_then(|u| u.user_type.as_ref()))
+    );
+    let app = token.apps.first().map_or("<app>", String::as_str);
+    view["usage"] = json!({
+        "header": "Authorization: QB-USER-TOKEN <token>",
+        "curl": format!("curl -H 'Authorization: QB-USER-TOKEN <token>' http://{}/db/{app}", state.proxy_address),
+        "note": "<token> is the secret shown once when the token was created; it is not kept.",
+    });
+    Ok(Json(view))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenPatch {
+    active: Option<bool>,
+    apps: Option<Vec<String>>,
+    name: Option<String>,
+    description: Option<String>,
+    #[serde(default, deserialize_with = "nullable")]
+    expires_at: Option<Option<DateTime<Utc>>>,
+}
+
+async fn patch_token(
+    State(state): Shared,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let patch: TokenPatch = parse(body)?;
+    let mut token = state
+        .store
+        .user_token(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no token {id:?}")))?;
+    let owner = state
+        .store
+        .user(&token.user_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("the token's owner is gone"))?;
+    if let Some(name) = patch.name {
+        check_text("name", &name, 200, true)?;
+        token.name = name;
+    }
+    if let Some(d) = patch.description {
+        check_text("description", &d, 2000, false)?;
+        token.description = d;
+    }
+    if let Some(at) = patch.expires_at {
+        check_expiry(&state, at)?;
+        token.expires_at = at;
+    }
+    if let Some(apps) = patch.apps {
+        token.apps = check_token_apps(&state, &owner, apps).await?;
+    }
+    if let Some(active) = patch.active {
+        token.active = active;
+    }
+    state.store.update_user_token(&token).await?;
+    state.engine.invalidate(&Invalidation::UserToken(id)).await;
+    tracing::info!(target: "audit", token_id = %token.id, active = token.active, "user token changed");
+    Ok(Json(token_view(&token, Some(&owner))))
+}
+
+async fn delete_token(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    state.store.delete_user_token(&id).await?;
+    state
+        .engine
+        .invalidate(&Invalidation::UserToken(id.clone()))
+        .await;
+    tracing::info!(target: "audit", token_id = %id, "user token deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManyIds {
+    ids: Vec<String>,
+}
+
+async fn delete_tokens(
+    State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let many: ManyIds = parse(body)?;
+    let mut deleted = 0;
+    for id in dedup(many.ids) {
+        match state.store.delete_user_token(&id).await {
+            Ok(()) => deleted += 1,
+            Err(StoreError::NotFound) => {}
+            Err(e) => return Err(e.into()),
+        }
+        state.engine.invalidate(&Invalidation::UserToken(id)).await;
+    }
+    Ok(Json(json!({ "deleted": deleted })))
+}

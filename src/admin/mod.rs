@@ -1,0 +1,205 @@
+//! The admin listener: the admin API under `/v1` (admin key required), and, unauthenticated,
+//! `/metrics`, `/healthz` and `/readyz`. An axum router run as a Pingora background service on
+//! its own runtime, on a listener bound before the server starts.
+
+mod api;
+
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+
+use crate::config::Limits;
+use crate::credential::format::{self, TokenKind};
+use crate::engine::Engine;
+use crate::metrics::Metrics;
+use crate::store::SharedStore;
+
+pub use api::ApiError;
+
+/// What the admin handlers share.
+pub struct AdminState {
+    pub engine: Arc<Engine>,
+    pub store: SharedStore,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    /// The proxy's address, for the `usage` line of an inspected token.
+    pub proxy_address: String,
+    /// The key from the config, if any; else one is made (or found) in the store at start.
+    configured_key: Option<String>,
+    key_hash: OnceLock<[u8; 32]>,
+}
+
+impl AdminState {
+    pub fn new(
+        engine: Arc<Engine>,
+        store: SharedStore,
+        metrics: Arc<Metrics>,
+        limits: Limits,
+        proxy_address: String,
+        configured_key: Option<String>,
+    ) -> Self {
+        Self {
+            engine,
+            store,
+            metrics,
+            limits,
+            proxy_address,
+            configured_key,
+            key_hash: OnceLock::new(),
+        }
+    }
+
+    /// Settles the admin key: the configured one, or the one kept in the store, or a new one
+    /// (kept as a hash, printed once on stdout).
+    pub async fn init_admin_key(&self) -> Result<(), crate::store::StoreError> {
+        if self.key_hash.get().is_some() {
+            return Ok(());
+        }
+        let hash = match &self.configured_key {
+            Some(key) => format::hash_secret(key),
+            None => match self.store.admin_key_hash().await? {
+                Some(kept) => kept,
+                None => {
+                    let made = format::generate(TokenKind::AdminKey)
+                        .map_err(|e| crate::store::StoreError::Backend(e.to_string()))?;
+                    let hash = format::hash_secret(&made.token);
+                    let kept = self.store.init_admin_key_hash(hash).await?;
+                    if kept == hash {
+                        // Shown once, to whoever started the server; only its hash is kept.
+                        println!(
+                            "tokengate: no admin key was configured, so one was made. It is shown once:\n\n    {}\n\nKeep it (TOKENGATE_ADMIN_KEY); only its hash is stored.",
+                            made.token
+                        );
+                    }
+                    kept
+                }
+            },
+        };
+        let _ = self.key_hash.set(hash);
+        Ok(())
+    }
+
+    fn key_matches(&self, presented: &str) -> Option<bool> {
+        self.key_hash
+            .get()
+            .map(|hash| format::secret_matches(presented, hash))
+    }
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    let v1 = api::routes().route_layer(middleware::from_fn_with_state(state.clone(), require_key));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .fallback(|| async { ApiError::not_found("no such endpoint") })
+        .with_state(state)
+}
+
+async fn require_key(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented.map(|k| state.key_matches(k)) {
+        Some(Some(true)) => next.run(req).await,
+        Some(None) => {
+            ApiError::unavailable("the admin key is not settled yet: the store is not answering")
+                .into_response()
+        }
+        _ => {
+            let mut resp = ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "a valid admin key is required: Authorization: Bearer <admin key>",
+            )
+            .into_response();
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static(r#"Bearer realm="tokengate-admin""#),
+            );
+            resp
+        }
+    }
+}
+
+/// Ready when the store answers and the admin key is settled.
+async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
+    match state.store.ping().await {
+        Ok(()) if state.key_hash.get().is_some() => (StatusCode::OK, "ready\n").into_response(),
+        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, "admin key not settled\n").into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("store not answering: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Runs the admin router on a listener bound before the server started.
+pub struct AdminService {
+    state: Arc<AdminState>,
+    listener: Mutex<Option<TcpListener>>,
+}
+
+impl AdminService {
+    pub fn new(state: Arc<AdminState>, listener: TcpListener) -> Self {
+        Self {
+            state,
+            listener: Mutex::new(Some(listener)),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for AdminService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(listener) = self.listener.lock().ok().and_then(|mut l| l.take()) else {
+            return;
+        };
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "admin listener unusable");
+                return;
+            }
+        };
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            // The store may not answer yet (Redis still starting): keep trying.
+            let mut wait = std::time::Duration::from_millis(100);
+            while let Err(e) = state.init_admin_key().await {
+                tracing::warn!(error = %e, "can't settle the admin key yet; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(std::time::Duration::from_secs(5));
+            }
+        });
+        let app = router(self.state.clone());
+        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        });
+        if let Err(e) = serve.await {
+            tracing::error!(error = %e, "admin listener stopped");
+        }
+    }
+}

@@ -1,0 +1,202 @@
+//! The config file's shapes, as written (PRODUCT.md §10). Nothing here is checked beyond its
+//! type; `config::Config::from_toml` turns these into the validated config, or lists every
+//! problem at once.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Server {
+    pub listen: String,
+    pub admin_listen: String,
+    pub threads: usize,
+    pub tls_cert: Option<String>,
+    pub tls_key: Option<String>,
+    /// How long SIGTERM waits for in-flight requests before exiting.
+    pub shutdown_grace: String,
+}
+
+impl Default for Server {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            admin_listen: "127.0.0.1:9901".into(),
+            threads: 2,
+            tls_cert: None,
+            tls_key: None,
+            shutdown_grace: "5s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Upstream {
+    pub url: String,
+    pub connect_timeout: String,
+    pub read_timeout: String,
+}
+
+impl Default for Upstream {
+    fn default() -> Self {
+        Self {
+            url: "echo".into(),
+            connect_timeout: "2s".into(),
+            read_timeout: "60s".into(),
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub struct Admin {
+    pub key: Option<String>,
+    /// A file holding the admin key (a mounted Kubernetes Secret).
+    pub key_file: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Store {
+    pub backend: String,
+    pub path: String,
+    pub url: Option<String>,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Self {
+            backend: "embedded".into(),
+            path: "data/tokengate.db".into(),
+            url: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Cache {
+    pub ttl: String,
+    pub negative_ttl: String,
+    pub stale_for: String,
+    pub max_entries: u64,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Self {
+            ttl: "30s".into(),
+            negative_ttl: "5s".into(),
+            stale_for: "5m".into(),
+            max_entries: 1_000_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Tickets {
+    pub default_hours: u32,
+    pub max_hours: u32,
+    pub cookie_name: String,
+}
+
+impl Default for Tickets {
+    fn default() -> Self {
+        Self {
+            default_hours: 12,
+            max_hours: 4380,
+            cookie_name: "TICKET".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Sessions {
+    pub ttl: String,
+    pub remember_me_ttl: String,
+    pub issuers: Vec<Issuer>,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self {
+            ttl: "48h".into(),
+            remember_me_ttl: "14d".into(),
+            issuers: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Issuer {
+    pub issuer: String,
+    pub jwks_url: String,
+    pub audience: Option<String>,
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+}
+
+fn default_user_claim() -> String {
+    "sub".into()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Limits {
+    pub tokens_per_user: usize,
+    pub apps_per_token: usize,
+    pub app_tokens_per_app: usize,
+    pub failures_per_minute: u32,
+    pub xml_body_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            tokens_per_user: 100,
+            apps_per_token: 100,
+            app_tokens_per_app: 500,
+            failures_per_minute: 60,
+            xml_body_bytes: 65_536,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(default)]
+pub struct Headers {
+    pub prefix: String,
+    pub assertion: bool,
+}
+
+impl Default for Headers {
+    fn default() -> Self {
+        Self {
+            prefix: "X-Auth-".into(),
+            assertion: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Route {
+    pub path: String,
+    pub methods: Option<Vec<String>>,
+    pub app: Option<String>,
+    pub app_header: Option<String>,
+    #[serde(default = "default_auth")]
+    pub auth: String,
+    pub allow: Option<Vec<String>>,
+    #[serde(default)]
+    pub ui: bool,
+    pub user_types: Option<Vec<String>>,
+    pub departments: Option<Vec<String>>,
+    #[serde(default)]
+    pub forward_credentials: bool,
+}
+
+fn default_auth() -> String {
+    "required".into()
+}

@@ -1,0 +1,166 @@
+//! The decision engine: a request's parts in, an admission (with the identity) or a denial out.
+//! It knows nothing of Pingora: the proxy is one user of it; a forward-auth endpoint or a tower
+//! layer are others. Every decision is counted here, so each shape reports the same metrics.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderMap, Method};
+
+use crate::cache::{Cache, Invalidation};
+use crate::clock::Clock;
+use crate::credential::{self, CredentialKind, CredentialNames, Sources};
+use crate::error::AuthError;
+use crate::metrics::Metrics;
+use crate::model::Identity;
+use crate::policy::{AppTarget, AuthMode, Routes};
+use crate::verify;
+
+/// The parts of a request a decision looks at, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestParts<'a> {
+    pub method: &'a Method,
+    pub path: &'a str,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+}
+
+/// A request that may pass.
+#[derive(Debug)]
+pub struct Admission {
+    /// Index of the route that matched.
+    pub route: usize,
+    /// Who the request is; `None` on `auth = "none"` routes and on `optional` ones without a
+    /// credential.
+    pub identity: Option<Identity>,
+    /// Where credentials were found: removed before forwarding unless `forward_credentials`.
+    pub credentials: Sources,
+    pub forward_credentials: bool,
+}
+
+/// A request that may not pass, and the kind of credential it tried (for the metrics).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Denial {
+    pub error: AuthError,
+    pub method: Option<CredentialKind>,
+}
+
+impl From<AuthError> for Denial {
+    fn from(error: AuthError) -> Self {
+        Self {
+            error,
+            method: None,
+        }
+    }
+}
+
+pub struct Engine {
+    routes: Routes,
+    names: CredentialNames,
+    cache: Cache,
+    clock: Arc<dyn Clock>,
+    metrics: Arc<Metrics>,
+}
+
+impl Engine {
+    pub fn new(
+        routes: Routes,
+        names: CredentialNames,
+        cache: Cache,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            routes,
+            names,
+            cache,
+            clock,
+            metrics,
+        }
+    }
+
+    pub fn routes(&self) -> &Routes {
+        &self.routes
+    }
+
+    pub fn names(&self) -> &CredentialNames {
+        &self.names
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
+    pub fn clock(&self) -> &dyn Clock {
+        &*self.clock
+    }
+
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// Applies a change to this process's cache (and, later, to every replica's).
+    pub async fn invalidate(&self, what: &Invalidation) {
+        self.cache.invalidate(what).await;
+    }
+
+    /// Decides one request, and counts the decision.
+    pub async fn decide(&self, req: RequestParts<'_>) -> Result<Admission, Denial> {
+        let started = Instant::now();
+        let out = self.decide_inner(req).await;
+        self.metrics
+            .auth_duration
+            .observe(started.elapsed().as_secs_f64());
+        match &out {
+            Ok(a) => self
+                .metrics
+                .decision(a.identity.as_ref().map(Identity::method), Ok(())),
+            Err(d) => self.metrics.decision(d.method, Err(d.error)),
+        }
+        out
+    }
+
+    async fn decide_inner(&self, req: RequestParts<'_>) -> Result<Admission, Denial> {
+        let (index, route, path_app) = self
+            .routes
+            .find(req.method, req.path)
+            .ok_or(AuthError::NoRoute)?;
+        let admit = |identity, credentials| Admission {
+            route: index,
+            identity,
+            credentials,
+            forward_credentials: route.forward_credentials,
+        };
+        if route.auth == AuthMode::None {
+            return Ok(admit(None, Sources::default()));
+        }
+        let found = credential::extract(req.headers, req.query, &self.names)
+            .map_err(|_| AuthError::AmbiguousCredentials)?;
+        let Some((kind, presented)) = found.primary() else {
+            return match route.auth {
+                AuthMode::Optional => Ok(admit(None, found.sources)),
+                _ => Err(AuthError::MissingCredentials.into()),
+            };
+        };
+        let deny = |error| Denial {
+            error,
+            method: Some(kind),
+        };
+        route.admits_kind(kind).map_err(deny)?;
+        let app = match route.app_target(path_app, req.headers) {
+            AppTarget::App(app) => Some(app),
+            AppTarget::Unscoped => None,
+            AppTarget::Unnamed => return Err(deny(AuthError::AppNotAllowed)),
+        };
+        let identity = match kind {
+            CredentialKind::UserToken => {
+                verify::user_token::verify(&self.cache, &*self.clock, presented, app).await
+            }
+            // Tickets and sessions have no verifier in this build: refused, never guessed.
+            CredentialKind::Ticket | CredentialKind::Session => Err(AuthError::InvalidToken),
+        }
+        .map_err(deny)?;
+        route.admits(&identity).map_err(deny)?;
+        Ok(admit(Some(identity), found.sources))
+    }
+}

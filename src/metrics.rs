@@ -1,0 +1,202 @@
+//! The Prometheus registry and every metric (PRODUCT.md §9), named once. Labels hold bounded
+//! values only: a credential kind, an outcome, an error code, a backend, an operation; never a
+//! user, token, id or path. The per-decision counters are resolved up front, so counting a
+//! request is one atomic add with no label lookup and no lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+use crate::error::AuthError;
+use crate::model::CredentialKind;
+
+/// `method` label values: a credential kind, or `none`.
+const METHODS: [&str; 4] = ["none", "user_token", "ticket", "session"];
+
+pub struct Metrics {
+    registry: Registry,
+    /// [method][0 = ok, 1 + error index]
+    decisions: Vec<Vec<IntCounter>>,
+    pub auth_duration: Histogram,
+    cache_lookups: IntCounterVec,
+    store_requests: IntCounterVec,
+    pub store_duration: Histogram,
+    pub store_up: IntGauge,
+    pub invalidations_local: IntCounter,
+    upstream_requests: IntCounterVec,
+    pub upstream_duration: Histogram,
+    credentials_issued: IntCounterVec,
+    store_calls: AtomicU64,
+}
+
+fn method_index(kind: Option<CredentialKind>) -> usize {
+    match kind {
+        None => 0,
+        Some(CredentialKind::UserToken) => 1,
+        Some(CredentialKind::Ticket) => 2,
+        Some(CredentialKind::Session) => 3,
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let decisions_vec = IntCounterVec::new(
+            Opts::new(
+                "tokengate_auth_decisions_total",
+                "Authentication decisions, by credential kind, outcome and reason.",
+            ),
+            &["method", "outcome", "reason"],
+        )?;
+        registry.register(Box::new(decisions_vec.clone()))?;
+        let mut decisions = Vec::new();
+        for method in METHODS {
+            let mut row = vec![decisions_vec.with_label_values(&[method, "allow", "ok"])];
+            for e in AuthError::ALL {
+                row.push(decisions_vec.with_label_values(&[method, e.outcome(), e.code()]));
+            }
+            decisions.push(row);
+        }
+        // Microseconds to tens of milliseconds: a cache hit to a slow store round trip.
+        let auth_buckets = vec![
+            5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 5e-2,
+        ];
+        let auth_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tokengate_auth_duration_seconds",
+                "Time to decide a request, from credential lookup to decision.",
+            )
+            .buckets(auth_buckets.clone()),
+        )?;
+        registry.register(Box::new(auth_duration.clone()))?;
+        let cache_lookups = IntCounterVec::new(
+            Opts::new(
+                "tokengate_cache_lookups_total",
+                "Cache lookups by record kind and result.",
+            ),
+            &["kind", "result"],
+        )?;
+        registry.register(Box::new(cache_lookups.clone()))?;
+        let store_requests = IntCounterVec::new(
+            Opts::new(
+                "tokengate_store_requests_total",
+                "Store requests by backend, operation and result.",
+            ),
+            &["backend", "op", "result"],
+        )?;
+        registry.register(Box::new(store_requests.clone()))?;
+        let store_duration = Histogram::with_opts(
+            HistogramOpts::new("tokengate_store_duration_seconds", "Store request latency.")
+                .buckets(auth_buckets),
+        )?;
+        registry.register(Box::new(store_duration.clone()))?;
+        let store_up = IntGauge::new(
+            "tokengate_store_up",
+            "1 when the store answered its last request.",
+        )?;
+        registry.register(Box::new(store_up.clone()))?;
+        let invalidations = IntCounterVec::new(
+            Opts::new(
+                "tokengate_invalidations_total",
+                "Cache invalidations by source.",
+            ),
+            &["source"],
+        )?;
+        registry.register(Box::new(invalidations.clone()))?;
+        let upstream_requests = IntCounterVec::new(
+            Opts::new(
+                "tokengate_upstream_requests_total",
+                "Requests forwarded upstream, by status class.",
+            ),
+            &["status_class"],
+        )?;
+        registry.register(Box::new(upstream_requests.clone()))?;
+        let upstream_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "tokengate_upstream_duration_seconds",
+                "Upstream response time.",
+            )
+            .buckets(vec![
+                1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+        )?;
+        registry.register(Box::new(upstream_duration.clone()))?;
+        let credentials_issued = IntCounterVec::new(
+            Opts::new(
+                "tokengate_credentials_issued_total",
+                "Credentials issued, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(credentials_issued.clone()))?;
+        Ok(Self {
+            registry,
+            decisions,
+            auth_duration,
+            cache_lookups,
+            store_requests,
+            store_duration,
+            store_up,
+            invalidations_local: invalidations.with_label_values(&["local"]),
+            upstream_requests,
+            upstream_duration,
+            credentials_issued,
+            store_calls: AtomicU64::new(0),
+        })
+    }
+
+    pub fn decision(&self, method: Option<CredentialKind>, result: Result<(), AuthError>) {
+        let reason = match result {
+            Ok(()) => 0,
+            Err(e) => 1 + e as usize,
+        };
+        if let Some(c) = self
+            .decisions
+            .get(method_index(method))
+            .and_then(|row| row.get(reason))
+        {
+            c.inc();
+        }
+    }
+
+    pub fn cache_lookup(&self, kind: &'static str, hit: bool) -> IntCounter {
+        self.cache_lookups
+            .with_label_values(&[kind, if hit { "hit" } else { "miss" }])
+    }
+
+    pub fn store_request(&self, backend: &str, op: &str, ok: bool) {
+        self.store_requests
+            .with_label_values(&[backend, op, if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// Store requests of every kind so far (what a test counts).
+    pub fn store_requests_total(&self) -> u64 {
+        self.store_calls.load(Ordering::Relaxed)
+    }
+
+    pub fn upstream_response(&self, status: u16) {
+        let class = match status {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.upstream_requests.with_label_values(&[class]).inc();
+    }
+
+    pub fn issued(&self, kind: &str) {
+        self.credentials_issued.with_label_values(&[kind]).inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

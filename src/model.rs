@@ -1,0 +1,193 @@
+//! The things tokengate knows about, as plain data: users, apps, user tokens, and the identity
+//! a verified credential stands for. No I/O and no policy here; the store keeps these as JSON.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A person or a service account.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub name: String,
+    #[serde(default)]
+    pub department: Option<String>,
+    #[serde(default)]
+    pub user_type: Option<String>,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    pub status: UserStatus,
+    /// App ids the user may use.
+    #[serde(default)]
+    pub apps: Vec<String>,
+    /// argon2id PHC string; never leaves the store through the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_hash: Option<String>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl User {
+    pub fn is_active(&self) -> bool {
+        self.status == UserStatus::Active
+    }
+
+    pub fn may_use(&self, app: &str) -> bool {
+        self.apps.iter().any(|a| a == app)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UserStatus {
+    Active,
+    Disabled,
+}
+
+/// One protected application (a Quickbase `dbid`, a Knack application).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub tenant: Option<String>,
+    #[serde(default)]
+    pub require_app_token: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// An opaque secret owned by one user, for scripts and integrations. Only the SHA-256 of its
+/// secret part is kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserToken {
+    pub id: String,
+    #[serde(with = "hex32")]
+    pub secret_hash: [u8; 32],
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub user_id: String,
+    /// App ids assigned to this token.
+    #[serde(default)]
+    pub apps: Vec<String>,
+    pub active: bool,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When set, replaces the owner's department for this token (a narrower token).
+    #[serde(default)]
+    pub department: Option<String>,
+    /// When set, replaces the owner's user type for this token.
+    #[serde(default)]
+    pub user_type: Option<String>,
+    pub created_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_used_at: Option<DateTime<Utc>>,
+}
+
+impl UserToken {
+    pub fn is_assigned(&self, app: &str) -> bool {
+        self.apps.iter().any(|a| a == app)
+    }
+}
+
+/// How a request proved who it is. Also the `method` label of the decision metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    UserToken,
+    Ticket,
+    Session,
+}
+
+impl CredentialKind {
+    pub const ALL: [CredentialKind; 3] = [Self::UserToken, Self::Ticket, Self::Session];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UserToken => "user_token",
+            Self::Ticket => "ticket",
+            Self::Session => "session",
+        }
+    }
+}
+
+/// A credential that passed verification: the cached record itself, shared, never copied.
+#[derive(Clone, Debug)]
+pub enum Verified {
+    UserToken(Arc<UserToken>),
+}
+
+/// Who a verified credential stands for, as the upstream will be told. Holds the cached records
+/// (reference-counted), so building one on a cache hit copies no strings.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub user: Arc<User>,
+    pub credential: Verified,
+    /// The app the request targets, when the route names one.
+    pub app: Option<Arc<App>>,
+}
+
+impl Identity {
+    pub fn method(&self) -> CredentialKind {
+        match self.credential {
+            Verified::UserToken(_) => CredentialKind::UserToken,
+        }
+    }
+
+    /// The user token's id, the ticket's id or the session's `sid`; never a secret.
+    pub fn credential_id(&self) -> &str {
+        match &self.credential {
+            Verified::UserToken(t) => &t.id,
+        }
+    }
+
+    /// The token's own department where it narrows the owner's, else the owner's.
+    pub fn department(&self) -> Option<&str> {
+        match &self.credential {
+            Verified::UserToken(t) => t.department.as_deref(),
+        }
+        .or(self.user.department.as_deref())
+    }
+
+    pub fn user_type(&self) -> Option<&str> {
+        match &self.credential {
+            Verified::UserToken(t) => t.user_type.as_deref(),
+        }
+        .or(self.user.user_type.as_deref())
+    }
+
+    pub fn tenant(&self) -> Option<&str> {
+        self.user.tenant.as_deref()
+    }
+
+    pub fn expires_at(&self) -> Option<DateTime<Utc>> {
+        match &self.credential {
+            Verified::UserToken(t) => t.expires_at,
+        }
+    }
+
+    pub fn app_id(&self) -> Option<&str> {
+        self.app.as_deref().map(|a| a.id.as_str())
+    }
+}
+
+/// Serialises a 32-byte hash as lowercase hex.
+mod hex32 {
+    use data_encoding::HEXLOWER;
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(v: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&HEXLOWER.encode(v))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let s = String::deserialize(d)?;
+        let bytes = HEXLOWER
+            .decode(s.as_bytes())
+            .map_err(|e| D::Error::custom(format!("secret_hash: {e}")))?;
+        bytes
+            .try_into()
+            .map_err(|_| D::Error::custom("secret_hash: expected 32 bytes"))
+    }
+}

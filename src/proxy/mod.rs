@@ -1,0 +1,284 @@
+//! The Pingora `ProxyHttp` implementation. It stays thin: each phase calls one module.
+//! - `request_filter`: the engine decides; a denial is answered here, keep-alive, and the
+//!   upstream never hears of it.
+//! - `upstream_request_filter`: forged identity and used credentials out, identity in.
+//! - `fail_to_proxy`: an unreachable upstream is a JSON 502.
+
+use std::sync::Arc;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType};
+
+use crate::engine::{Admission, Engine, RequestParts};
+use crate::error::AuthError;
+use crate::headers::{self, IdentityHeaders, REQUEST_ID, RequestEdit};
+
+/// Where admitted requests go.
+#[derive(Clone, Debug)]
+pub struct UpstreamTarget {
+    pub address: std::net::SocketAddr,
+    pub tls: bool,
+    pub sni: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+pub struct Proxy {
+    engine: Arc<Engine>,
+    identity: IdentityHeaders,
+    upstream: UpstreamTarget,
+}
+
+impl Proxy {
+    pub fn new(engine: Arc<Engine>, identity: IdentityHeaders, upstream: UpstreamTarget) -> Self {
+        Self {
+            engine,
+            identity,
+            upstream,
+        }
+    }
+}
+
+/// Per-request state, carried from phase to phase.
+pub struct RequestCtx {
+    request_id: HeaderValue,
+    admission: Option<Admission>,
+    upstream_started: Option<Instant>,
+}
+
+/// A request id: the client's `X-Request-Id` when it is a sane one, else a new one.
+fn request_id(headers: &HeaderMap) -> HeaderValue {
+    if let Some(v) = headers.get(REQUEST_ID) {
+        let b = v.as_bytes();
+        if (1..=64).contains(&b.len())
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        {
+            return v.clone();
+        }
+    }
+    new_request_id()
+}
+
+/// A process-unique id: a random process prefix and a counter.
+pub fn new_request_id() -> HeaderValue {
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| {
+        let mut b = [0u8; 8];
+        let _ = getrandom::fill(&mut b);
+        u64::from_le_bytes(b)
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let id = format!("{prefix:016x}{n:08x}");
+    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// Writes an error answer, keeping the connection open where that is safe.
+async fn respond(session: &mut Session, error: AuthError, request_id: &HeaderValue) {
+    let id = request_id.to_str().unwrap_or("");
+    let body = Bytes::from(error.json_body(id));
+    let Ok(mut resp) = ResponseHeader::build(error.status(), Some(6)) else {
+        return;
+    };
+    let _ = resp.insert_header(http::header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
+    let _ = resp.insert_header(REQUEST_ID, request_id.clone());
+    if let Some(challenge) = error.challenge() {
+        let _ = resp.insert_header(http::header::WWW_AUTHENTICATE, challenge);
+    }
+    if let Some(secs) = error.retry_after() {
+        let _ = resp.insert_header(http::header::RETRY_AFTER, secs.to_string());
+    }
+    // An unread body would close the connection after the answer: read a small one, and
+    // close rather than read a large one from a client that isn't admitted.
+    let small_body = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+        .is_some_and(|n| n <= 64 * 1024);
+    let chunked = session
+        .req_header()
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING);
+    if small_body && !chunked {
+        if session.drain_request_body().await.is_err() {
+            session.set_keepalive(None);
+        }
+    } else if chunked {
+        session.set_keepalive(None);
+    }
+    if session
+        .write_response_header(Box::new(resp), false)
+        .await
+        .is_ok()
+    {
+        let _ = session.write_response_body(Some(body), true).await;
+    }
+}
+
+impl RequestEdit for RequestHeader {
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    fn remove_header(&mut self, name: &HeaderName) {
+        RequestHeader::remove_header(self, name);
+    }
+
+    fn insert_header(&mut self, name: HeaderName, value: HeaderValue) {
+        let _ = RequestHeader::insert_header(self, name, value);
+    }
+
+    fn set_query(&mut self, query: Option<&str>) {
+        let path = self.uri.path();
+        let pq = match query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
+        if let Ok(uri) = http::Uri::builder().path_and_query(pq).build() {
+            self.set_uri(uri);
+        }
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Proxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            request_id: HeaderValue::from_static(""),
+            admission: None,
+            upstream_started: None,
+        }
+    }
+
+    async fn request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<bool> {
+        let req = session.req_header();
+        ctx.request_id = request_id(&req.headers);
+        let parts = RequestParts {
+            method: &req.method,
+            path: req.uri.path(),
+            query: req.uri.query(),
+            headers: &req.headers,
+        };
+        match self.engine.decide(parts).await {
+            Ok(admission) => {
+                ctx.admission = Some(admission);
+                Ok(false)
+            }
+            Err(denial) => {
+                tracing::info!(
+                    request_id = ctx.request_id.to_str().unwrap_or(""),
+                    method = denial.method.map_or("none", |m| m.as_str()),
+                    reason = denial.error.code(),
+                    "request denied"
+                );
+                respond(session, denial.error, &ctx.request_id).await;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<Box<HttpPeer>> {
+        // Deny by default: nothing goes upstream without an admission.
+        if ctx.admission.is_none() {
+            return Err(Error::explain(ErrorType::HTTPStatus(403), "not admitted"));
+        }
+        let mut peer = HttpPeer::new(
+            self.upstream.address,
+            self.upstream.tls,
+            self.upstream.sni.clone(),
+        );
+        peer.options.connection_timeout = Some(self.upstream.connect_timeout);
+        peer.options.read_timeout = Some(self.upstream.read_timeout);
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        self.identity.strip_forged(upstream);
+        if let Some(admission) = &ctx.admission {
+            if !admission.forward_credentials {
+                headers::strip_credentials(upstream, admission.credentials, self.engine.names());
+                let query = session.req_header().uri.query();
+                headers::strip_query_credentials(upstream, admission.credentials, query);
+            }
+            if let Some(identity) = &admission.identity {
+                self.identity.set(upstream, identity);
+            }
+        }
+        let _ = upstream.insert_header(REQUEST_ID, ctx.request_id.clone());
+        ctx.upstream_started = Some(Instant::now());
+        Ok(())
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy
+    where
+        RequestCtx: Send + Sync,
+    {
+        let code = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (_, ErrorSource::Upstream) => {
+                tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "upstream unavailable");
+                respond(session, AuthError::UpstreamUnavailable, &ctx.request_id).await;
+                return FailToProxy {
+                    error_code: 502,
+                    can_reuse_downstream: false,
+                };
+            }
+            (
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => 0,
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        if code > 0 {
+            let _ = session.respond_error(code).await;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(started) = ctx.upstream_started {
+            let metrics = self.engine.metrics();
+            metrics
+                .upstream_duration
+                .observe(started.elapsed().as_secs_f64());
+            if let Some(resp) = session.response_written() {
+                metrics.upstream_response(resp.status.as_u16());
+            }
+        }
+    }
+}

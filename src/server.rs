@@ -1,0 +1,204 @@
+//! Puts the pieces together and runs them: the store, the cache and the engine; the Pingora
+//! proxy on `server.listen`; the admin listener; and the built-in echo upstream when asked.
+//! Listeners other than the proxy's are bound here, before anything runs, so a taken port is a
+//! clear error at start.
+
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::sync::Arc;
+
+use pingora::proxy::http_proxy_service;
+use pingora::server::configuration::ServerConf;
+use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
+use pingora::services::background::background_service;
+
+use crate::admin::{AdminService, AdminState};
+use crate::cache::Cache;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{Config, StoreConfig, Upstream};
+use crate::credential::CredentialNames;
+use crate::echo::EchoService;
+use crate::engine::Engine;
+use crate::headers::IdentityHeaders;
+use crate::metrics::Metrics;
+use crate::proxy::{Proxy, UpstreamTarget};
+use crate::store::SharedStore;
+use crate::store::embedded::EmbeddedStore;
+use crate::store::instrumented::Instrumented;
+use crate::store::redis::RedisStore;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("can't listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("upstream {0}: can't resolve it")]
+    Upstream(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Opens the configured store (the Redis one connects on first use).
+pub fn open_store(config: &StoreConfig) -> Result<SharedStore, crate::store::StoreError> {
+    Ok(match config {
+        StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(path)?),
+        StoreConfig::Redis { url } => Arc::new(RedisStore::new(url)?),
+    })
+}
+
+/// Everything a running tokengate shares, built from a config.
+pub struct Parts {
+    pub engine: Arc<Engine>,
+    pub store: SharedStore,
+    pub metrics: Arc<Metrics>,
+}
+
+pub fn build(
+    config: &Config,
+    store: SharedStore,
+    clock: Arc<dyn Clock>,
+) -> Result<Parts, StartError> {
+    let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
+    let store: SharedStore = Arc::new(Instrumented::new(store, metrics.clone()));
+    let cache = Cache::new(store.clone(), &config.cache, metrics.clone());
+    let names = CredentialNames {
+        ticket_cookie: config.ticket_cookie.clone(),
+    };
+    let engine = Arc::new(Engine::new(
+        config.routes.clone(),
+        names,
+        cache,
+        clock,
+        metrics.clone(),
+    ));
+    Ok(Parts {
+        engine,
+        store,
+        metrics,
+    })
+}
+
+fn bind(addr: &str) -> Result<TcpListener, StartError> {
+    let listen = |source| StartError::Listen {
+        addr: addr.to_owned(),
+        source,
+    };
+    let l = TcpListener::bind(addr).map_err(listen)?;
+    l.set_nonblocking(true).map_err(listen)?;
+    Ok(l)
+}
+
+/// Runs tokengate until `shutdown` fires (or, with `None`, until SIGTERM/SIGINT).
+pub fn run(
+    config: Config,
+    shutdown: Option<Box<dyn ShutdownSignalWatch>>,
+) -> Result<(), StartError> {
+    let store = open_store(&config.store)?;
+    let parts = build(&config, store, Arc::new(SystemClock))?;
+
+    let admin_listener = bind(&config.admin_listen)?;
+    let mut echo = None;
+    let upstream = match &config.upstream {
+        Upstream::Echo => {
+            let l = bind("127.0.0.1:0")?;
+            let addr = l
+                .local_addr()
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            echo = Some(l);
+            UpstreamTarget {
+                address: addr,
+                tls: false,
+                sni: String::new(),
+                connect_timeout: config.upstream_connect_timeout,
+                read_timeout: config.upstream_read_timeout,
+            }
+        }
+        Upstream::Http { address, host, tls } => UpstreamTarget {
+            address: resolve(address)?,
+            tls: *tls,
+            sni: host.clone(),
+            connect_timeout: config.upstream_connect_timeout,
+            read_timeout: config.upstream_read_timeout,
+        },
+    };
+
+    let conf = ServerConf {
+        threads: config.threads,
+        // Kubernetes sends SIGTERM and then waits terminationGracePeriodSeconds: finish the
+        // requests in flight within `shutdown_grace`, don't sleep Pingora's default 300 s.
+        grace_period_seconds: Some(0),
+        graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.as_secs().max(1)),
+        ..ServerConf::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let identity = IdentityHeaders::new(&config.header_prefix)
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let mut proxy = http_proxy_service(
+        &server.configuration,
+        Proxy::new(parts.engine.clone(), identity, upstream.clone()),
+    );
+    proxy.add_tcp(&config.listen);
+    server.add_service(proxy);
+
+    let admin = AdminState::new(
+        parts.engine.clone(),
+        parts.store.clone(),
+        parts.metrics.clone(),
+        config.limits.clone(),
+        config.listen.clone(),
+        config.admin_key.clone(),
+    );
+    server.add_service(background_service(
+        "admin",
+        AdminService::new(Arc::new(admin), admin_listener),
+    ));
+    if let Some(l) = echo {
+        server.add_service(background_service("echo upstream", EchoService::new(l)));
+    }
+
+    banner(&config, &upstream);
+    match shutdown {
+        Some(signal) => server.run(RunArgs {
+            shutdown_signal: signal,
+        }),
+        None => server.run(RunArgs::default()),
+    }
+    Ok(())
+}
+
+fn resolve(address: &str) -> Result<SocketAddr, StartError> {
+    address
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| StartError::Upstream(address.to_owned()))
+}
+
+fn banner(config: &Config, upstream: &UpstreamTarget) {
+    let store = match &config.store {
+        StoreConfig::Embedded { path } => format!("embedded ({})", path.display()),
+        StoreConfig::Redis { .. } => "redis".to_owned(),
+    };
+    let upstream = match config.upstream {
+        Upstream::Echo => "echo (built in)".to_owned(),
+        _ => format!(
+            "http{}://{}",
+            if upstream.tls { "s" } else { "" },
+            upstream.address
+        ),
+    };
+    println!(
+        "tokengate {}: proxy http://{}  admin http://{}  store {}  upstream {}  routes {}",
+        env!("CARGO_PKG_VERSION"),
+        config.listen,
+        config.admin_listen,
+        store,
+        upstream,
+        config.routes.iter().count()
+    );
+}

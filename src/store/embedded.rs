@@ -1,0 +1,338 @@
+//! The embedded backend: one redb file (ACID, crash-safe, pure Rust). redb is synchronous, so
+//! every call runs on tokio's blocking pool; it is only reached on a cache miss or an admin
+//! write. Records are JSON, the same bytes the Redis backend keeps.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{
+    Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableMultimapTable,
+    ReadableTable, TableDefinition, WriteTransaction,
+};
+
+use super::{Store, StoreError, StoreResult, TokenFilter, decode, encode};
+use crate::model::{App, User, UserToken};
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_tokens");
+/// user id -> ids of the tokens it owns.
+const TOKENS_BY_USER: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("user_tokens_by_user");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const ADMIN_KEY_HASH: &str = "admin_key_hash";
+
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+}
+
+fn backend_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) the store file, creating its parent directory if needed.
+    pub fn open(path: &Path) -> StoreResult<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Backend(format!("can't create {}: {e}", dir.display())))?;
+        }
+        let db = Database::create(path)
+            .map_err(|e| StoreError::Backend(format!("can't open {}: {e}", path.display())))?;
+        let txn = db.begin_write().map_err(backend_error)?;
+        {
+            txn.open_table(USERS).map_err(backend_error)?;
+            txn.open_table(APPS).map_err(backend_error)?;
+            txn.open_table(TOKENS).map_err(backend_error)?;
+            txn.open_multimap_table(TOKENS_BY_USER)
+                .map_err(backend_error)?;
+            txn.open_table(META).map_err(backend_error)?;
+        }
+        txn.commit().map_err(backend_error)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    async fn read<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&ReadTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db.begin_read().map_err(backend_error)?))
+            .await
+            .map_err(backend_error)?
+    }
+
+    /// Runs `f` in one write transaction, committed only when `f` succeeds.
+    async fn write<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&WriteTransaction) -> StoreResult<T> + Send + 'static,
+    {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let txn = db.begin_write().map_err(backend_error)?;
+            let out = f(&txn)?;
+            txn.commit().map_err(backend_error)?;
+            Ok(out)
+        })
+        .await
+        .map_err(backend_error)?
+    }
+
+    async fn get<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        what: &'static str,
+        id: &str,
+    ) -> StoreResult<Option<T>> {
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let t = txn.open_table(table).map_err(backend_error)?;
+            match t.get(id.as_str()).map_err(backend_error)? {
+                Some(v) => decode(what, v.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn all<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        what: &'static str,
+    ) -> StoreResult<Vec<T>> {
+        self.read(move |txn| {
+            let t = txn.open_table(table).map_err(backend_error)?;
+            let mut out = Vec::new();
+            for entry in t.iter().map_err(backend_error)? {
+                let (_, v) = entry.map_err(backend_error)?;
+                out.push(decode(what, v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Inserts `bytes` at `id`: `must_exist` makes it an update (NotFound when absent),
+    /// otherwise an insert (Conflict when present).
+    async fn put(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        id: &str,
+        bytes: Vec<u8>,
+        must_exist: bool,
+    ) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut t = txn.open_table(table).map_err(backend_error)?;
+            let exists = t.get(id.as_str()).map_err(backend_error)?.is_some();
+            match (exists, must_exist) {
+                (true, false) => return Err(StoreError::Conflict),
+                (false, true) => return Err(StoreError::NotFound),
+                _ => {}
+            }
+            t.insert(id.as_str(), bytes.as_slice())
+                .map_err(backend_error)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|txn| {
+            txn.open_table(META).map_err(backend_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn user(&self, id: &str) -> StoreResult<Option<User>> {
+        self.get(USERS, "user", id).await
+    }
+
+    async fn users(&self) -> StoreResult<Vec<User>> {
+        self.all(USERS, "user").await
+    }
+
+    async fn insert_user(&self, user: &User) -> StoreResult<()> {
+        self.put(USERS, &user.id, encode(user)?, false).await
+    }
+
+    async fn update_user(&self, user: &User) -> StoreResult<()> {
+        self.put(USERS, &user.id, encode(user)?, true).await
+    }
+
+    async fn delete_user(&self, id: &str) -> StoreResult<Vec<String>> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut users = txn.open_table(USERS).map_err(backend_error)?;
+            if users.remove(id.as_str()).map_err(backend_error)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            let mut by_user = txn
+                .open_multimap_table(TOKENS_BY_USER)
+                .map_err(backend_error)?;
+            let mut token_ids = Vec::new();
+            for tid in by_user.remove_all(id.as_str()).map_err(backend_error)? {
+                token_ids.push(tid.map_err(backend_error)?.value().to_owned());
+            }
+            let mut tokens = txn.open_table(TOKENS).map_err(backend_error)?;
+            for tid in &token_ids {
+                tokens.remove(tid.as_str()).map_err(backend_error)?;
+            }
+            Ok(token_ids)
+        })
+        .await
+    }
+
+    async fn app(&self, id: &str) -> StoreResult<Option<App>> {
+        self.get(APPS, "app", id).await
+    }
+
+    async fn apps(&self) -> StoreResult<Vec<App>> {
+        self.all(APPS, "app").await
+    }
+
+    async fn insert_app(&self, app: &App) -> StoreResult<()> {
+        self.put(APPS, &app.id, encode(app)?, false).await
+    }
+
+    async fn update_app(&self, app: &App) -> StoreResult<()> {
+        self.put(APPS, &app.id, encode(app)?, true).await
+    }
+
+    async fn delete_app(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut apps = txn.open_table(APPS).map_err(backend_error)?;
+            match apps.remove(id.as_str()).map_err(backend_error)? {
+                Some(_) => Ok(()),
+                None => Err(StoreError::NotFound),
+            }
+        })
+        .await
+    }
+
+    async fn user_token(&self, id: &str) -> StoreResult<Option<UserToken>> {
+        self.get(TOKENS, "user token", id).await
+    }
+
+    async fn user_tokens(&self, filter: &TokenFilter) -> StoreResult<Vec<UserToken>> {
+        let filter = filter.clone();
+        self.read(move |txn| {
+            let tokens = txn.open_table(TOKENS).map_err(backend_error)?;
+            let mut out = Vec::new();
+            if let Some(user) = &filter.user {
+                let by_user = txn
+                    .open_multimap_table(TOKENS_BY_USER)
+                    .map_err(backend_error)?;
+                for tid in by_user.get(user.as_str()).map_err(backend_error)? {
+                    let tid = tid.map_err(backend_error)?;
+                    if let Some(v) = tokens.get(tid.value()).map_err(backend_error)? {
+                        out.push(decode::<UserToken>("user token", v.value())?);
+                    }
+                }
+            } else {
+                for entry in tokens.iter().map_err(backend_error)? {
+                    let (_, v) = entry.map_err(backend_error)?;
+                    out.push(decode::<UserToken>("user token", v.value())?);
+                }
+            }
+            out.retain(|t| filter.matches(t));
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn insert_user_token(&self, token: &UserToken, limit: usize) -> StoreResult<()> {
+        let bytes = encode(token)?;
+        let (id, user_id) = (token.id.clone(), token.user_id.clone());
+        self.write(move |txn| {
+            let users = txn.open_table(USERS).map_err(backend_error)?;
+            if users
+                .get(user_id.as_str())
+                .map_err(backend_error)?
+                .is_none()
+            {
+                return Err(StoreError::NotFound);
+            }
+            let mut tokens = txn.open_table(TOKENS).map_err(backend_error)?;
+            if tokens.get(id.as_str()).map_err(backend_error)?.is_some() {
+                return Err(StoreError::Conflict);
+            }
+            let mut by_user = txn
+                .open_multimap_table(TOKENS_BY_USER)
+                .map_err(backend_error)?;
+            let held = by_user.get(user_id.as_str()).map_err(backend_error)?.len();
+            if held >= limit as u64 {
+                return Err(StoreError::LimitReached(limit));
+            }
+            tokens
+                .insert(id.as_str(), bytes.as_slice())
+                .map_err(backend_error)?;
+            by_user
+                .insert(user_id.as_str(), id.as_str())
+                .map_err(backend_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn update_user_token(&self, token: &UserToken) -> StoreResult<()> {
+        self.put(TOKENS, &token.id, encode(token)?, true).await
+    }
+
+    async fn delete_user_token(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut tokens = txn.open_table(TOKENS).map_err(backend_error)?;
+            let Some(old) = tokens.remove(id.as_str()).map_err(backend_error)? else {
+                return Err(StoreError::NotFound);
+            };
+            let token: UserToken = decode("user token", old.value())?;
+            drop(old);
+            let mut by_user = txn
+                .open_multimap_table(TOKENS_BY_USER)
+                .map_err(backend_error)?;
+            by_user
+                .remove(token.user_id.as_str(), id.as_str())
+                .map_err(backend_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn admin_key_hash(&self) -> StoreResult<Option<[u8; 32]>> {
+        self.read(|txn| {
+            let meta = txn.open_table(META).map_err(backend_error)?;
+            let v = meta.get(ADMIN_KEY_HASH).map_err(backend_error)?;
+            Ok(v.and_then(|v| v.value().try_into().ok()))
+        })
+        .await
+    }
+
+    async fn init_admin_key_hash(&self, hash: [u8; 32]) -> StoreResult<[u8; 32]> {
+        self.write(move |txn| {
+            let mut meta = txn.open_table(META).map_err(backend_error)?;
+            if let Some(kept) = meta.get(ADMIN_KEY_HASH).map_err(backend_error)?
+                && let Ok(kept) = kept.value().try_into()
+            {
+                return Ok(kept);
+            }
+            meta.insert(ADMIN_KEY_HASH, hash.as_slice())
+                .map_err(backend_error)?;
+            Ok(hash)
+        })
+        .await
+    }
+}

@@ -1,0 +1,98 @@
+//! The source of truth: one [`Store`] trait, two backends. `embedded` keeps everything in one
+//! redb file (the default: one machine needs nothing else); `redis` is shared by every replica.
+//! Both pass the same conformance suite (`tests/store_conformance.rs`). The store knows nothing
+//! of caching or policy; writes that must hold together (a token and its owner's index, a user
+//! and its tokens) are atomic in both backends.
+
+pub mod embedded;
+pub mod instrumented;
+pub mod redis;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::model::{App, User, UserToken};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("not found")]
+    NotFound,
+    #[error("already exists")]
+    Conflict,
+    /// The owner already holds the most tokens allowed.
+    #[error("limit of {0} reached")]
+    LimitReached(usize),
+    /// The backend can't answer now (Redis down, a timeout): worth retrying later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with something that isn't ours or can't be read.
+    #[error("store error: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which tokens a list wants.
+#[derive(Clone, Debug, Default)]
+pub struct TokenFilter {
+    pub user: Option<String>,
+    pub app: Option<String>,
+    pub active: Option<bool>,
+}
+
+impl TokenFilter {
+    pub fn matches(&self, t: &UserToken) -> bool {
+        self.user.as_ref().is_none_or(|u| *u == t.user_id)
+            && self.app.as_ref().is_none_or(|a| t.is_assigned(a))
+            && self.active.is_none_or(|a| a == t.active)
+    }
+}
+
+/// The store every backend implements. Lists come back sorted by id.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `embedded` or `redis`: the `backend` label of the store metrics.
+    fn backend(&self) -> &'static str;
+    /// Succeeds when the backend answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    async fn user(&self, id: &str) -> StoreResult<Option<User>>;
+    async fn users(&self) -> StoreResult<Vec<User>>;
+    /// Fails with `Conflict` when the id is taken.
+    async fn insert_user(&self, user: &User) -> StoreResult<()>;
+    /// Fails with `NotFound` when there is no such user.
+    async fn update_user(&self, user: &User) -> StoreResult<()>;
+    /// Deletes the user and every token it owns, at once; returns the ids of those tokens.
+    async fn delete_user(&self, id: &str) -> StoreResult<Vec<String>>;
+
+    async fn app(&self, id: &str) -> StoreResult<Option<App>>;
+    async fn apps(&self) -> StoreResult<Vec<App>>;
+    async fn insert_app(&self, app: &App) -> StoreResult<()>;
+    async fn update_app(&self, app: &App) -> StoreResult<()>;
+    async fn delete_app(&self, id: &str) -> StoreResult<()>;
+
+    async fn user_token(&self, id: &str) -> StoreResult<Option<UserToken>>;
+    async fn user_tokens(&self, filter: &TokenFilter) -> StoreResult<Vec<UserToken>>;
+    /// Fails with `NotFound` when the owner doesn't exist, `LimitReached` when the owner
+    /// already holds `limit` tokens, `Conflict` when the id is taken.
+    async fn insert_user_token(&self, token: &UserToken, limit: usize) -> StoreResult<()>;
+    async fn update_user_token(&self, token: &UserToken) -> StoreResult<()>;
+    async fn delete_user_token(&self, id: &str) -> StoreResult<()>;
+
+    /// The SHA-256 of the admin key made at first start, if one was made.
+    async fn admin_key_hash(&self) -> StoreResult<Option<[u8; 32]>>;
+    /// Keeps `hash` unless a hash is already kept; returns the one kept.
+    async fn init_admin_key_hash(&self, hash: [u8; 32]) -> StoreResult<[u8; 32]>;
+}
+
+pub type SharedStore = Arc<dyn Store>;
+
+fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Backend(format!("unreadable {what}: {e}")))
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encoding: {e}")))
+}

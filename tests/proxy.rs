@@ -1,0 +1,767 @@
+//! End to end over real sockets: the real binary in front of a real upstream, on the embedded
+//! store and on a real redis-server. The allow/deny matrix of PRODUCT.md §4 for user tokens,
+//! the routes of §3, what the upstream receives (§5), and that a denied request never reaches
+//! the upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Backend, RedisServer, Tokengate, Upstream, http};
+use serde_json::json;
+
+const ROUTES: &str = r#"
+[[routes]]
+path = "/ui"
+app = "bq1"
+ui = true
+
+[[routes]]
+path = "/sales"
+app = "bq1"
+departments = ["Sales"]
+
+[[routes]]
+path = "/admins"
+app = "bq1"
+user_types = ["admin"]
+
+[[routes]]
+path = "/tickets-only"
+app = "bq1"
+allow = ["ticket"]
+
+[[routes]]
+path = "/knack"
+app_header = "X-Knack-Application-Id"
+
+[[routes]]
+path = "/public"
+auth = "none"
+
+[[routes]]
+path = "/maybe"
+app = "bq1"
+auth = "optional"
+
+[[routes]]
+path = "/anyapp"
+
+[[routes]]
+path = "/raw"
+app = "bq1"
+forward_credentials = true
+
+[[routes]]
+path = "/db/{app}"
+"#;
+
+const LIMITS: &str = "[limits]\ntokens_per_user = 3\napps_per_token = 2\n";
+
+struct Fixture {
+    tg: Tokengate,
+    up: Upstream,
+    token: String,
+    token_id: String,
+}
+
+fn setup(backend: &Backend) -> Fixture {
+    let up = Upstream::start();
+    let tg = Tokengate::start(backend, &up.url(), ROUTES, LIMITS);
+    for app in ["bq1", "bq2"] {
+        let r = tg.admin(
+            "POST",
+            "/v1/apps",
+            Some(json!({"id": app, "name": format!("App {app}")})),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let r = tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "alice", "email": "alice@example.com", "name": "Alice",
+                    "department": "Sales", "user_type": "member", "tenant": "acme", "apps": ["bq1", "bq2"]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = tg.admin(
+        "POST",
+        "/v1/users/alice/tokens",
+        Some(json!({"name": "ci", "apps": ["bq1"]})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let token_id = r.json()["id"].as_str().unwrap().to_owned();
+    assert!(token.starts_with("tgu_") && token.len() >= 4 + 52);
+    Fixture {
+        tg,
+        up,
+        token,
+        token_id,
+    }
+}
+
+fn qb(token: &str) -> String {
+    format!("QB-USER-TOKEN {token}")
+}
+
+fn admits_and_forwards_identity(f: &Fixture) {
+    let (tg, up) = (&f.tg, &f.up);
+    let auth = qb(&f.token);
+    let n = up.count();
+    let r = tg.get(
+        "/db/bq1/records?a=API_DoQuery",
+        &[("authorization", &auth), ("cookie", "theme=dark")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "upstream ok");
+    assert_eq!(up.count(), n + 1);
+    let seen = up.last();
+    assert_eq!(seen.target, "/db/bq1/records?a=API_DoQuery");
+    assert_eq!(seen.header("x-auth-user-id"), Some("alice"));
+    assert_eq!(seen.header("x-auth-user-email"), Some("alice@example.com"));
+    assert_eq!(seen.header("x-auth-user-name"), Some("Alice"));
+    assert_eq!(seen.header("x-auth-method"), Some("user_token"));
+    assert_eq!(
+        seen.header("x-auth-credential-id"),
+        Some(f.token_id.as_str())
+    );
+    assert_eq!(seen.header("x-auth-app-id"), Some("bq1"));
+    assert_eq!(seen.header("x-auth-department"), Some("Sales"));
+    assert_eq!(seen.header("x-auth-user-type"), Some("member"));
+    assert_eq!(seen.header("x-auth-tenant"), Some("acme"));
+    assert_eq!(
+        seen.header("x-auth-expires-at"),
+        None,
+        "the token never expires"
+    );
+    assert_eq!(
+        seen.header("cookie"),
+        Some("theme=dark"),
+        "other cookies pass"
+    );
+    assert!(
+        seen.header("authorization").is_none(),
+        "the credential is removed"
+    );
+    assert!(seen.header("x-request-id").is_some_and(|id| !id.is_empty()));
+    assert_eq!(
+        r.header("x-request-id"),
+        None,
+        "the upstream's answer passes unchanged"
+    );
+
+    let r = tg.get(
+        "/db/bq1",
+        &[("authorization", &format!("Bearer {}", f.token))],
+    );
+    assert_eq!(r.status, 200, "Bearer tgu_: {}", r.text());
+
+    let r = tg.get(
+        &format!("/db/bq1?a=API_DoQuery&usertoken={}&b=2", f.token),
+        &[],
+    );
+    assert_eq!(r.status, 200, "?usertoken=: {}", r.text());
+    assert_eq!(
+        up.last().target,
+        "/db/bq1?a=API_DoQuery&b=2",
+        "usertoken stripped, the rest kept"
+    );
+
+    let r = tg.get(
+        &format!("/db/bq1?usertoken={}", f.token),
+        &[("authorization", &auth)],
+    );
+    assert_eq!(r.status, 200, "the same token twice is not ambiguous");
+    assert_eq!(up.last().target, "/db/bq1");
+
+    // Forged identity is removed before identity is set.
+    let r = tg.get(
+        "/db/bq1",
+        &[
+            ("authorization", &auth),
+            ("x-auth-user-id", "mallory"),
+            ("X-Auth-User-Type", "admin"),
+            ("x-auth-extra", "1"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let seen = up.last();
+    assert_eq!(seen.header("x-auth-user-id"), Some("alice"));
+    assert_eq!(seen.header("x-auth-user-type"), Some("member"));
+    assert_eq!(seen.header("x-auth-extra"), None);
+    assert_eq!(
+        seen.headers
+            .iter()
+            .filter(|(k, _)| k == "x-auth-user-id")
+            .count(),
+        1
+    );
+
+    // A client's sane request id is kept; the upstream and the client see the same one.
+    tg.get(
+        "/db/bq1",
+        &[("authorization", &auth), ("x-request-id", "trace-123")],
+    );
+    assert_eq!(up.last().header("x-request-id"), Some("trace-123"));
+}
+
+fn routes_apply_their_rules(f: &Fixture) {
+    let (tg, up) = (&f.tg, &f.up);
+    let auth = qb(&f.token);
+    let r = tg.get("/sales/report", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200, "department Sales is allowed: {}", r.text());
+    let r = tg.get(
+        "/knack/views",
+        &[("authorization", &auth), ("x-knack-application-id", "bq1")],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().header("x-auth-app-id"), Some("bq1"));
+    let r = tg.get("/anyapp/x", &[("authorization", &auth)]);
+    assert_eq!(
+        r.status,
+        200,
+        "a route without an app admits any valid token: {}",
+        r.text()
+    );
+    assert_eq!(up.last().header("x-auth-app-id"), None);
+
+    let r = tg.get("/public/page", &[("x-auth-user-id", "mallory")]);
+    assert_eq!(r.status, 200, "auth = none");
+    assert_eq!(
+        up.last().header("x-auth-user-id"),
+        None,
+        "forged identity removed on open routes too"
+    );
+    let r = tg.get("/maybe", &[]);
+    assert_eq!(r.status, 200, "optional, no credential");
+    assert_eq!(up.last().header("x-auth-user-id"), None);
+    let r = tg.get("/maybe", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200);
+    assert_eq!(up.last().header("x-auth-user-id"), Some("alice"));
+
+    let r = tg.get("/raw", &[("authorization", &auth)]);
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        up.last().header("authorization"),
+        Some(auth.as_str()),
+        "forward_credentials keeps it"
+    );
+}
+
+/// target, request headers, expected status, expected error code
+type Case<'a> = (&'a str, Vec<(&'a str, String)>, u16, &'a str);
+
+fn denials(f: &Fixture) {
+    let (tg, up) = (&f.tg, &f.up);
+    let auth = qb(&f.token);
+    let before = up.count();
+    let wrong = format!(
+        "{}{}",
+        &f.token[..f.token.len() - 2],
+        if f.token.ends_with("ab") { "cd" } else { "ab" }
+    );
+    let other = format!("tgu_{}", "a".repeat(68));
+    let cases: Vec<Case> = vec![
+        ("/db/bq1", vec![], 401, "missing_credentials"),
+        (
+            "/db/bq1",
+            vec![("authorization", "Basic dXNlcjpwYXNz".into())],
+            401,
+            "missing_credentials",
+        ),
+        (
+            "/db/bq1",
+            vec![("x-auth-user-id", "mallory".into())],
+            401,
+            "missing_credentials",
+        ),
+        (
+            "/db/bq1",
+            vec![("authorization", qb(&wrong))],
+            401,
+            "invalid_token",
+        ),
+        (
+            "/db/bq1",
+            vec![("authorization", "QB-USER-TOKEN garbage".into())],
+            401,
+            "invalid_token",
+        ),
+        (
+            "/db/bq1",
+            vec![("authorization", qb(&other))],
+            401,
+            "invalid_token",
+        ),
+        (
+            "/db/bq1",
+            vec![("authorization", format!("Bearer tgt_{}", "b".repeat(68)))],
+            401,
+            "invalid_token",
+        ),
+        (
+            "/db/bq1",
+            vec![("authorization", "Bearer aaa.bbb.ccc".into())],
+            401,
+            "invalid_token",
+        ),
+        (
+            "/db/bq2",
+            vec![("authorization", auth.clone())],
+            403,
+            "app_not_allowed",
+        ),
+        (
+            "/db/nosuchapp",
+            vec![("authorization", auth.clone())],
+            403,
+            "app_not_allowed",
+        ),
+        (
+            "/knack/views",
+            vec![("authorization", auth.clone())],
+            403,
+            "app_not_allowed",
+        ),
+        (
+            "/ui/home",
+            vec![("authorization", auth.clone())],
+            403,
+            "credential_not_allowed",
+        ),
+        (
+            "/tickets-only",
+            vec![("authorization", auth.clone())],
+            403,
+            "credential_not_allowed",
+        ),
+        (
+            "/admins",
+            vec![("authorization", auth.clone())],
+            403,
+            "forbidden",
+        ),
+        (
+            "/maybe",
+            vec![("authorization", qb(&wrong))],
+            401,
+            "invalid_token",
+        ),
+        (
+            "/db/bq1?usertoken=tgu_other",
+            vec![("authorization", auth.clone())],
+            400,
+            "ambiguous_credentials",
+        ),
+        (
+            "/elsewhere",
+            vec![("authorization", auth.clone())],
+            404,
+            "no_route",
+        ),
+    ];
+    for (target, headers, status, code) in &cases {
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let r = tg.get(target, &headers);
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (*status, *code),
+            "{target} {headers:?}: {}",
+            r.text()
+        );
+        assert!(
+            r.json()["request_id"]
+                .as_str()
+                .is_some_and(|id| !id.is_empty()),
+            "{target}: request_id"
+        );
+        assert!(r.json()["message"].as_str().is_some_and(|m| !m.is_empty()));
+        assert_eq!(r.header("content-type"), Some("application/json"));
+        assert_eq!(
+            r.header("www-authenticate").is_some(),
+            *status == 401,
+            "{target}: WWW-Authenticate only on 401"
+        );
+        assert!(!r.text().contains(&f.token), "no secret in an error");
+    }
+    // A denied POST with a body: answered, and the upstream hears nothing.
+    let r = http(
+        tg.port,
+        "POST",
+        "/db/bq2",
+        &[("authorization", &auth)],
+        Some(b"<qdbapi/>"),
+    );
+    assert_eq!(r.status, 403);
+    assert_eq!(up.count(), before, "no denied request reached the upstream");
+}
+
+fn lifecycle(f: &Fixture) {
+    let (tg, up) = (&f.tg, &f.up);
+    let auth = qb(&f.token);
+    let path = format!("/v1/tokens/{}", f.token_id);
+
+    let r = tg.admin("GET", &path, None);
+    assert_eq!(r.status, 200);
+    let v = r.json();
+    assert!(
+        v.get("token").is_none() && !r.text().contains(&f.token),
+        "inspect never shows the secret"
+    );
+    assert_eq!(v["user_name"], "Alice");
+    assert_eq!(v["email"], "alice@example.com");
+    assert_eq!(v["tenant"], "acme");
+    assert!(
+        v["usage"]["curl"]
+            .as_str()
+            .unwrap()
+            .contains("QB-USER-TOKEN")
+    );
+
+    let r = tg.admin("PATCH", &path, Some(json!({"active": false})));
+    assert_eq!((r.status, r.json()["active"].clone()), (200, json!(false)));
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &auth)]).error(),
+        "token_inactive"
+    );
+    tg.admin("PATCH", &path, Some(json!({"active": true})));
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &auth)]).status,
+        200,
+        "reactivated at once"
+    );
+
+    tg.admin("PATCH", &path, Some(json!({"apps": ["bq1", "bq2"]})));
+    assert_eq!(
+        tg.get("/db/bq2", &[("authorization", &auth)]).status,
+        200,
+        "newly assigned app"
+    );
+    tg.admin("PATCH", "/v1/users/alice", Some(json!({"apps": ["bq1"]})));
+    assert_eq!(
+        tg.get("/db/bq2", &[("authorization", &auth)]).error(),
+        "app_not_allowed",
+        "the owner lost the app"
+    );
+    tg.admin(
+        "PATCH",
+        "/v1/users/alice",
+        Some(json!({"apps": ["bq1", "bq2"]})),
+    );
+    tg.admin("PATCH", &path, Some(json!({"apps": ["bq1"]})));
+    assert_eq!(
+        tg.get("/db/bq2", &[("authorization", &auth)]).error(),
+        "app_not_allowed",
+        "unassigned"
+    );
+
+    let r = tg.admin(
+        "PATCH",
+        "/v1/users/alice",
+        Some(json!({"status": "disabled"})),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &auth)]).error(),
+        "user_disabled"
+    );
+    tg.admin(
+        "PATCH",
+        "/v1/users/alice",
+        Some(json!({"status": "active"})),
+    );
+    assert_eq!(tg.get("/db/bq1", &[("authorization", &auth)]).status, 200);
+
+    let r = tg.admin(
+        "PATCH",
+        &path,
+        Some(json!({"expires_at": "2099-01-01T00:00:00Z"})),
+    );
+    assert_eq!(r.status, 200);
+    assert_eq!(tg.get("/db/bq1", &[("authorization", &auth)]).status, 200);
+    assert_eq!(
+        up.last().header("x-auth-expires-at"),
+        Some("2099-01-01T00:00:00Z")
+    );
+
+    let r = tg.admin("GET", "/v1/tokens?user=alice&active=true", None);
+    assert_eq!(r.json()["items"].as_array().unwrap().len(), 1);
+    assert_eq!(r.json()["next_cursor"], json!(null));
+
+    let r = tg.admin("DELETE", &path, None);
+    assert_eq!(r.status, 204);
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &auth)]).error(),
+        "invalid_token"
+    );
+    assert_eq!(tg.admin("GET", &path, None).status, 404);
+
+    // Deleting a user deletes its tokens.
+    let r = tg.admin(
+        "POST",
+        "/v1/users/alice/tokens",
+        Some(json!({"name": "second", "apps": ["bq1"]})),
+    );
+    let second = r.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&second))]).status,
+        200
+    );
+    assert_eq!(tg.admin("DELETE", "/v1/users/alice", None).status, 204);
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&second))])
+            .error(),
+        "invalid_token"
+    );
+    assert_eq!(
+        tg.admin("GET", "/v1/tokens?user=alice", None).json()["items"],
+        json!([])
+    );
+
+    assert!(
+        !tg.log().contains(&f.token) && !tg.log().contains(&second),
+        "no secret in the log"
+    );
+}
+
+fn admin_input(f: &Fixture) {
+    let tg = &f.tg;
+    assert_eq!(tg.admin_raw("GET", "/v1/users", None, None).status, 401);
+    let r = tg.admin_raw("GET", "/v1/users", Some("wrong-key-0123456789"), None);
+    assert_eq!((r.status, r.error().as_str()), (401, "unauthorized"));
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(tg.admin_raw("GET", open, None, None).status, 200, "{open}");
+    }
+    let r = tg.admin_raw(
+        "POST",
+        "/v1/apps",
+        Some(common::ADMIN_KEY),
+        Some("{not json"),
+    );
+    assert_eq!((r.status, r.error().as_str()), (400, "invalid_request"));
+    let r = tg.admin(
+        "POST",
+        "/v1/apps",
+        Some(json!({"id": "x", "name": "X", "colour": "red"})),
+    );
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("colour")),
+        "{}",
+        r.text()
+    );
+    let r = tg.admin("POST", "/v1/apps", Some(json!({"id": "x"})));
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("name")),
+        "{}",
+        r.text()
+    );
+    let r = tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"email": "nope", "name": "N"})),
+    );
+    assert_eq!((r.status, r.json()["field"].clone()), (400, json!("email")));
+    let r = tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"email": "b@x", "name": "B", "apps": ["ghost"]})),
+    );
+    assert_eq!((r.status, r.json()["field"].clone()), (400, json!("apps")));
+    let r = tg.admin(
+        "POST",
+        "/v1/apps",
+        Some(json!({"id": "bq1", "name": "again"})),
+    );
+    assert_eq!(r.status, 409);
+    let big = format!("{{\"id\": \"big\", \"name\": \"{}\"}}", "x".repeat(70_000));
+    let r = tg.admin_raw("POST", "/v1/apps", Some(common::ADMIN_KEY), Some(&big));
+    assert_eq!(r.status, 413);
+    assert_eq!(
+        tg.admin("GET", "/v1/apps/big", None).status,
+        404,
+        "nothing half-written"
+    );
+    assert_eq!(tg.admin("GET", "/v1/tokens/nosuch", None).status, 404);
+    assert_eq!(
+        tg.admin("PATCH", "/v1/tokens/nosuch", Some(json!({"active": false})))
+            .status,
+        404
+    );
+    assert_eq!(tg.admin("DELETE", "/v1/users/nosuch", None).status, 404);
+
+    // Token rules: apps the owner may use, at most apps_per_token, at most tokens_per_user.
+    tg.admin(
+        "POST",
+        "/v1/apps",
+        Some(json!({"id": "bq3", "name": "Three"})),
+    );
+    let r = tg.admin(
+        "POST",
+        "/v1/users/alice/tokens",
+        Some(json!({"name": "t", "apps": ["bq3"]})),
+    );
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("apps")),
+        "alice may not use bq3"
+    );
+    tg.admin(
+        "PATCH",
+        "/v1/users/alice",
+        Some(json!({"apps": ["bq1", "bq2", "bq3"]})),
+    );
+    let r = tg.admin(
+        "POST",
+        "/v1/users/alice/tokens",
+        Some(json!({"name": "t", "apps": ["bq1", "bq2", "bq3"]})),
+    );
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("apps")),
+        "over apps_per_token"
+    );
+    let r = tg.admin(
+        "POST",
+        "/v1/users/alice/tokens",
+        Some(json!({"name": "t", "apps": ["bq1"], "expires_at": "2001-01-01T00:00:00Z"})),
+    );
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("expires_at"))
+    );
+    let mut made = Vec::new();
+    loop {
+        let r = tg.admin(
+            "POST",
+            "/v1/users/alice/tokens",
+            Some(json!({"name": "t", "apps": ["bq1"]})),
+        );
+        if r.status != 201 {
+            assert_eq!((r.status, r.error().as_str()), (409, "token_limit_reached"));
+            break;
+        }
+        made.push(r.json()["id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(made.len(), 2, "tokens_per_user = 3, one already held");
+    let r = tg.admin("POST", "/v1/tokens/delete", Some(json!({"ids": made})));
+    assert_eq!(r.json()["deleted"], 2);
+}
+
+fn decisions_are_counted(f: &Fixture) {
+    let m = f.tg.admin_raw("GET", "/metrics", None, None).text();
+    assert!(
+        m.contains(
+            r#"tokengate_auth_decisions_total{method="user_token",outcome="allow",reason="ok"}"#
+        ),
+        "{m}"
+    );
+    assert!(m.contains(r#"tokengate_auth_decisions_total{method="none",outcome="deny",reason="missing_credentials"}"#));
+    assert!(
+        !m.contains(&f.token) && !m.contains("alice") && !m.contains("/db/"),
+        "no secret, user or path in a label"
+    );
+}
+
+fn matrix(backend: &Backend) {
+    let f = setup(backend);
+    admits_and_forwards_identity(&f);
+    routes_apply_their_rules(&f);
+    denials(&f);
+    admin_input(&f);
+    decisions_are_counted(&f);
+    lifecycle(&f);
+}
+
+#[test]
+fn user_tokens_on_the_embedded_store() {
+    matrix(&Backend::Embedded);
+}
+
+#[test]
+fn user_tokens_on_redis() {
+    let redis = RedisServer::start();
+    matrix(&Backend::Redis(redis.url()));
+}
+
+#[test]
+fn embedded_data_survives_a_restart() {
+    let up = Upstream::start();
+    let mut tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "",
+    );
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "bob", "email": "bob@x.com", "name": "Bob", "apps": ["bq1"]})),
+    );
+    let token = tg
+        .admin(
+            "POST",
+            "/v1/users/bob/tokens",
+            Some(json!({"name": "t", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    tg.restart();
+    assert_eq!(tg.admin("GET", "/v1/users/bob", None).status, 200);
+    let r = tg.get("/db/bq1", &[("authorization", &qb(&token))]);
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn the_echo_upstream_shows_the_identity() {
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        "echo",
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "",
+    );
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "eve", "email": "eve@x.com", "name": "Eve", "apps": ["bq1"]})),
+    );
+    let token = tg
+        .admin(
+            "POST",
+            "/v1/users/eve/tokens",
+            Some(json!({"name": "t", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = tg.get(&format!("/db/bq1?x=1&usertoken={token}"), &[]);
+    assert_eq!(r.status, 200);
+    let echoed = r.json();
+    assert_eq!(echoed["path"], "/db/bq1");
+    assert_eq!(echoed["query"], "x=1");
+    assert_eq!(echoed["headers"]["x-auth-user-id"], "eve");
+    assert!(!r.text().contains(&token));
+}
+
+#[test]
+fn an_unreachable_upstream_is_a_json_502() {
+    let dead = format!("http://127.0.0.1:{}", common::free_port());
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        &dead,
+        "[[routes]]\npath = \"/open\"\nauth = \"none\"\n",
+        "",
+    );
+    let r = tg.get("/open", &[]);
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (502, "upstream_unavailable"),
+        "{}",
+        r.text()
+    );
+}
