@@ -171,6 +171,7 @@ impl Metrics {
         self.store_requests
             .with_label_values(&[backend, op, if ok { "ok" } else { "error" }])
             .inc();
+        self.store_calls.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Store requests of every kind so far (what a test counts).
