@@ -16,7 +16,7 @@ use prometheus::IntCounter;
 
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
-use crate::model::{App, User, UserToken};
+use crate::model::{App, AppToken, Ticket, User, UserToken};
 use crate::store::{SharedStore, StoreError, StoreResult};
 
 /// A cached answer of the store.
@@ -47,6 +47,8 @@ pub enum Invalidation {
     User(String),
     App(String),
     UserToken(String),
+    Ticket(String),
+    AppToken(String),
 }
 
 struct TtlByKind {
@@ -131,6 +133,8 @@ pub struct Cache {
     users: Table<User>,
     apps: Table<App>,
     user_tokens: Table<UserToken>,
+    tickets: Table<Ticket>,
+    app_tokens: Table<AppToken>,
     /// Bumped by every invalidation; a load that saw it move is not kept.
     epoch: AtomicU64,
     metrics: Arc<Metrics>,
@@ -142,6 +146,8 @@ impl Cache {
             users: Table::new("user", config, &metrics),
             apps: Table::new("app", config, &metrics),
             user_tokens: Table::new("user_token", config, &metrics),
+            tickets: Table::new("ticket", config, &metrics),
+            app_tokens: Table::new("app_token", config, &metrics),
             store,
             epoch: AtomicU64::new(0),
             metrics,
@@ -168,6 +174,18 @@ impl Cache {
             .await
     }
 
+    pub async fn ticket(&self, id: &str) -> StoreResult<Cached<Ticket>> {
+        self.tickets
+            .get(&self.epoch, id, || self.store.ticket(id))
+            .await
+    }
+
+    pub async fn app_token(&self, id: &str) -> StoreResult<Cached<AppToken>> {
+        self.app_tokens
+            .get(&self.epoch, id, || self.store.app_token(id))
+            .await
+    }
+
     /// Drops a record from this process's cache at once.
     pub async fn invalidate(&self, what: &Invalidation) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -176,6 +194,8 @@ impl Cache {
             Invalidation::User(id) => self.users.entries.invalidate(id).await,
             Invalidation::App(id) => self.apps.entries.invalidate(id).await,
             Invalidation::UserToken(id) => self.user_tokens.entries.invalidate(id).await,
+            Invalidation::Ticket(id) => self.tickets.entries.invalidate(id).await,
+            Invalidation::AppToken(id) => self.app_tokens.entries.invalidate(id).await,
         }
     }
 }

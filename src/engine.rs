@@ -9,7 +9,8 @@ use http::{HeaderMap, Method};
 
 use crate::cache::{Cache, Invalidation};
 use crate::clock::Clock;
-use crate::credential::{self, CredentialKind, CredentialNames, Sources};
+use crate::credential::xml::XmlBody;
+use crate::credential::{self, CredentialKind, CredentialNames, Slot, Sources};
 use crate::error::AuthError;
 use crate::metrics::Metrics;
 use crate::model::Identity;
@@ -23,6 +24,8 @@ pub struct RequestParts<'a> {
     pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
+    /// The XML body's elements, when the body was read (the proxy reads XML bodies).
+    pub xml: Option<&'a XmlBody>,
 }
 
 /// A request that may pass.
@@ -134,8 +137,22 @@ impl Engine {
         if route.auth == AuthMode::None {
             return Ok(admit(None, Sources::default()));
         }
-        let found = credential::extract(req.headers, req.query, &self.names)
+        let mut found = credential::extract(req.headers, req.query, &self.names)
             .map_err(|_| AuthError::AmbiguousCredentials)?;
+        if let Some(xml) = req.xml {
+            for (name, slot) in [
+                ("usertoken", Slot::UserToken),
+                ("ticket", Slot::Ticket),
+                ("apptoken", Slot::AppToken),
+            ] {
+                for value in xml.get(name) {
+                    found
+                        .offer(slot, value.into())
+                        .map_err(|_| AuthError::AmbiguousCredentials)?;
+                    found.sources.xml_body = true;
+                }
+            }
+        }
         let Some((kind, presented)) = found.primary() else {
             return match route.auth {
                 AuthMode::Optional => Ok(admit(None, found.sources)),
@@ -156,10 +173,21 @@ impl Engine {
             CredentialKind::UserToken => {
                 verify::user_token::verify(&self.cache, &*self.clock, presented, app).await
             }
-            // Tickets and sessions have no verifier in this build: refused, never guessed.
-            CredentialKind::Ticket | CredentialKind::Session => Err(AuthError::InvalidToken),
+            CredentialKind::Ticket => {
+                verify::ticket::verify(&self.cache, &*self.clock, presented, app).await
+            }
+            // Sessions have no verifier in this build: refused, never guessed.
+            CredentialKind::Session => Err(AuthError::InvalidToken),
         }
         .map_err(deny)?;
+        // A user token needs no app token, even where the app requires one.
+        if kind != CredentialKind::UserToken
+            && let Some(app) = &identity.app
+        {
+            verify::app_token::check(&self.cache, found.app_token.as_deref(), app)
+                .await
+                .map_err(deny)?;
+        }
         route.admits(&identity).map_err(deny)?;
         Ok(admit(Some(identity), found.sources))
     }

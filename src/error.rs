@@ -39,10 +39,14 @@ pub enum AuthError {
     AuthUnavailable,
     #[error("the upstream service is unavailable")]
     UpstreamUnavailable,
+    #[error("the request body is larger than tokengate reads")]
+    BodyTooLarge,
+    #[error("the XML body is not well formed")]
+    MalformedBody,
 }
 
 impl AuthError {
-    pub const ALL: [AuthError; 16] = [
+    pub const ALL: [AuthError; 18] = [
         Self::NoRoute,
         Self::MissingCredentials,
         Self::InvalidToken,
@@ -59,6 +63,8 @@ impl AuthError {
         Self::TooManyFailures,
         Self::AuthUnavailable,
         Self::UpstreamUnavailable,
+        Self::BodyTooLarge,
+        Self::MalformedBody,
     ];
 
     /// The stable `error` code of the contract.
@@ -80,6 +86,8 @@ impl AuthError {
             Self::TooManyFailures => "too_many_failures",
             Self::AuthUnavailable => "auth_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::BodyTooLarge => "body_too_large",
+            Self::MalformedBody => "malformed_body",
         }
     }
 
@@ -97,7 +105,8 @@ impl AuthError {
             Self::AppNotAllowed | Self::CredentialNotAllowed | Self::Forbidden => {
                 StatusCode::FORBIDDEN
             }
-            Self::AmbiguousCredentials => StatusCode::BAD_REQUEST,
+            Self::AmbiguousCredentials | Self::MalformedBody => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -132,6 +141,35 @@ impl AuthError {
         }
     }
 
+    /// Quickbase's error code for this refusal (its XML API's `<errcode>`).
+    pub const fn qdbapi_code(self) -> u32 {
+        match self {
+            Self::MissingCredentials => 22,
+            Self::InvalidToken
+            | Self::TokenExpired
+            | Self::TokenInactive
+            | Self::TokenRevoked
+            | Self::UserDisabled => 4,
+            Self::AppTokenRequired | Self::InvalidAppToken => 24,
+            Self::NoRoute | Self::AppNotAllowed | Self::CredentialNotAllowed | Self::Forbidden => {
+                83
+            }
+            Self::TooManyFailures => 77,
+            Self::AmbiguousCredentials | Self::MalformedBody | Self::BodyTooLarge => 2,
+            Self::AuthUnavailable | Self::UpstreamUnavailable => 100,
+        }
+    }
+
+    /// `<qdbapi>` with `<action>`, `<errcode>`, `<errtext>`, as Quickbase answers.
+    pub fn qdbapi_body(self, action: &str, request_id: &str) -> Vec<u8> {
+        qdbapi(
+            action,
+            self.qdbapi_code(),
+            &self.to_string(),
+            &[("request_id", request_id)],
+        )
+    }
+
     /// `{"error", "message", "request_id"}`.
     pub fn json_body(self, request_id: &str) -> Vec<u8> {
         serde_json::json!({
@@ -142,6 +180,26 @@ impl AuthError {
         .to_string()
         .into_bytes()
     }
+}
+
+/// A `<qdbapi>` answer: action, errcode, errtext, then `extra` elements, all escaped.
+pub fn qdbapi(action: &str, errcode: u32, errtext: &str, extra: &[(&str, &str)]) -> Vec<u8> {
+    use std::fmt::Write;
+    let mut out = String::from("<?xml version=\"1.0\" ?>\n<qdbapi>\n");
+    let _ = writeln!(out, "   <action>{}</action>", escape(action));
+    let _ = writeln!(out, "   <errcode>{errcode}</errcode>");
+    let _ = writeln!(out, "   <errtext>{}</errtext>", escape(errtext));
+    for (name, value) in extra {
+        let _ = writeln!(out, "   <{name}>{}</{name}>", escape(value));
+    }
+    out.push_str("</qdbapi>\n");
+    out.into_bytes()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

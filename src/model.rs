@@ -91,6 +91,34 @@ impl UserToken {
     }
 }
 
+/// Issued when a user signs in with name and password (Quickbase `API_Authenticate`): an
+/// opaque `tgt_` secret, revocable, refused once expired. Only the secret's hash is kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Ticket {
+    pub id: String,
+    #[serde(with = "hex32")]
+    pub secret_hash: [u8; 32],
+    pub user_id: String,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub last_active_at: Option<DateTime<Utc>>,
+    /// Set by sign-out or the admin API: the ticket is refused as `token_revoked`.
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// A per-app secret: the second factor a ticket needs where the app has `require_app_token`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AppToken {
+    pub id: String,
+    #[serde(with = "hex32")]
+    pub secret_hash: [u8; 32],
+    pub app_id: String,
+    pub name: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// How a request proved who it is. Also the `method` label of the decision metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -116,6 +144,7 @@ impl CredentialKind {
 #[derive(Clone, Debug)]
 pub enum Verified {
     UserToken(Arc<UserToken>),
+    Ticket(Arc<Ticket>),
 }
 
 /// Who a verified credential stands for, as the upstream will be told. Holds the cached records
@@ -132,6 +161,7 @@ impl Identity {
     pub fn method(&self) -> CredentialKind {
         match self.credential {
             Verified::UserToken(_) => CredentialKind::UserToken,
+            Verified::Ticket(_) => CredentialKind::Ticket,
         }
     }
 
@@ -139,6 +169,7 @@ impl Identity {
     pub fn credential_id(&self) -> &str {
         match &self.credential {
             Verified::UserToken(t) => &t.id,
+            Verified::Ticket(t) => &t.id,
         }
     }
 
@@ -146,6 +177,7 @@ impl Identity {
     pub fn department(&self) -> Option<&str> {
         match &self.credential {
             Verified::UserToken(t) => t.department.as_deref(),
+            Verified::Ticket(_) => None,
         }
         .or(self.user.department.as_deref())
     }
@@ -153,6 +185,7 @@ impl Identity {
     pub fn user_type(&self) -> Option<&str> {
         match &self.credential {
             Verified::UserToken(t) => t.user_type.as_deref(),
+            Verified::Ticket(_) => None,
         }
         .or(self.user.user_type.as_deref())
     }
@@ -164,6 +197,7 @@ impl Identity {
     pub fn expires_at(&self) -> Option<DateTime<Utc>> {
         match &self.credential {
             Verified::UserToken(t) => t.expires_at,
+            Verified::Ticket(t) => Some(t.expires_at),
         }
     }
 

@@ -17,6 +17,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StoreConfig, Upstream};
 use crate::credential::CredentialNames;
 use crate::echo::EchoService;
+use crate::endpoints::Endpoints;
 use crate::engine::Engine;
 use crate::headers::IdentityHeaders;
 use crate::metrics::Metrics;
@@ -25,6 +26,7 @@ use crate::store::SharedStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::instrumented::Instrumented;
 use crate::store::redis::RedisStore;
+use crate::tickets::Tickets;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -136,11 +138,28 @@ pub fn run(
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let tickets = Arc::new(Tickets::new(
+        parts.engine.clone(),
+        parts.store.clone(),
+        config.ticket_default_hours,
+        config.ticket_max_hours,
+    ));
+    let endpoints = Endpoints::new(
+        &config.auth_prefix,
+        tickets.clone(),
+        parts.engine.names().clone(),
+    );
     let identity = IdentityHeaders::new(&config.header_prefix)
         .map_err(|e| StartError::Other(e.to_string()))?;
     let mut proxy = http_proxy_service(
         &server.configuration,
-        Proxy::new(parts.engine.clone(), identity, upstream.clone()),
+        Proxy::new(
+            parts.engine.clone(),
+            endpoints,
+            identity,
+            upstream.clone(),
+            config.limits.xml_body_bytes,
+        ),
     );
     proxy.add_tcp(&config.listen);
     server.add_service(proxy);
@@ -152,6 +171,7 @@ pub fn run(
         config.limits.clone(),
         config.listen.clone(),
         config.admin_key.clone(),
+        tickets,
     );
     server.add_service(background_service(
         "admin",

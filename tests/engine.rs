@@ -127,6 +127,7 @@ async fn decide(engine: &Engine, token: &str) -> Result<(), AuthError> {
         path: "/db/bq1",
         query: None,
         headers: &h,
+        xml: None,
     };
     engine.decide(parts).await.map(|_| ()).map_err(|d| d.error)
 }

@@ -770,21 +770,61 @@ fn an_unreachable_upstream_is_a_json_502() {
 fn redis_down_is_auth_unavailable_never_a_guess() {
     let mut redis = RedisServer::start();
     let up = Upstream::start();
-    let tg = Tokengate::start(&Backend::Redis(redis.url()), &up.url(), "[[routes]]\npath = \"/db/{app}\"\n", "");
+    let tg = Tokengate::start(
+        &Backend::Redis(redis.url()),
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "",
+    );
     tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
-    tg.admin("POST", "/v1/users", Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"]})));
-    let mk = || tg.admin("POST", "/v1/users/al/tokens", Some(json!({"name": "t", "apps": ["bq1"]}))).json()["token"].as_str().unwrap().to_owned();
+    tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"]})),
+    );
+    let mk = || {
+        tg.admin(
+            "POST",
+            "/v1/users/al/tokens",
+            Some(json!({"name": "t", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
     let (cached, uncached) = (mk(), mk());
-    assert_eq!(tg.get("/db/bq1", &[("authorization", &qb(&cached))]).status, 200);
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&cached))]).status,
+        200
+    );
     let seen = up.count();
 
     redis.kill();
     let r = tg.get("/db/bq1", &[("authorization", &qb(&uncached))]);
-    assert_eq!((r.status, r.error().as_str()), (503, "auth_unavailable"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (503, "auth_unavailable"),
+        "{}",
+        r.text()
+    );
     assert!(r.header("retry-after").is_some());
     assert_eq!(up.count(), seen, "nothing forwarded on a guess");
-    assert_eq!(tg.get("/db/bq1", &[("authorization", &qb(&cached))]).status, 200, "a cached decision still serves");
-    assert_eq!(tg.admin_raw("GET", "/readyz", None, None).status, 503, "readyz tells the truth");
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&cached))]).status,
+        200,
+        "a cached decision still serves"
+    );
+    assert_eq!(
+        tg.admin_raw("GET", "/readyz", None, None).status,
+        503,
+        "readyz tells the truth"
+    );
     let r = tg.admin("POST", "/v1/apps", Some(json!({"id": "bq2", "name": "C"})));
-    assert_eq!((r.status, r.error().as_str()), (503, "store_unavailable"), "{}", r.text());
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (503, "store_unavailable"),
+        "{}",
+        r.text()
+    );
 }

@@ -655,7 +655,7 @@ async fn delete_user(store: &dyn Store) {
         );
     }
 
-    let mut deleted = ok(store, store.delete_user("d-dan").await, "delete d-dan");
+    let mut deleted = ok(store, store.delete_user("d-dan").await, "delete d-dan").user_tokens;
     deleted.sort();
     assert_eq!(
         deleted,
@@ -746,7 +746,7 @@ async fn delete_user(store: &dyn Store) {
             store.delete_user("d-fay").await,
             "delete a user without tokens"
         ),
-        Vec::<String>::new(),
+        tokengate::store::DeletedUser::default(),
         "[{b}] deleting a user without tokens returns no ids"
     );
     assert_err!(

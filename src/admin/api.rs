@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::AdminState;
 use crate::cache::Invalidation;
 use crate::credential::format::{self, TokenKind};
-use crate::model::{App, User, UserStatus, UserToken};
+use crate::model::{App, AppToken, Ticket, User, UserStatus, UserToken};
 use crate::store::{StoreError, TokenFilter};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -38,6 +38,25 @@ pub fn routes() -> Router<Arc<AdminState>> {
             get(get_user).patch(patch_user).delete(delete_user),
         )
         .route("/v1/users/{id}/tokens", post(create_token))
+        .route(
+            "/v1/users/{id}/password",
+            post(set_password).put(set_password),
+        )
+        .route(
+            "/v1/users/{id}/sessions",
+            get(list_user_sessions).delete(delete_user_sessions),
+        )
+        .route(
+            "/v1/apps/{id}/app-tokens",
+            get(list_app_tokens).post(create_app_token),
+        )
+        .route(
+            "/v1/apps/{id}/app-tokens/{tid}",
+            axum::routing::delete(delete_app_token),
+        )
+        .route("/v1/sessions", get(list_sessions))
+        .route("/v1/sessions/delete", post(delete_sessions))
+        .route("/v1/sessions/{id}", axum::routing::delete(delete_session))
         .route("/v1/apps", get(list_apps).post(create_app))
         .route(
             "/v1/apps/{id}",
@@ -300,6 +319,21 @@ struct NewUser {
     tenant: Option<String>,
     #[serde(default)]
     apps: Vec<String>,
+    password: Option<String>,
+}
+
+/// A password people will type: 8 to 1024 characters.
+async fn password_hash(password: String) -> ApiResult<String> {
+    let n = password.chars().count();
+    if !(8..=1024).contains(&n) {
+        return Err(ApiError::invalid(
+            "password",
+            "password: 8 to 1024 characters",
+        ));
+    }
+    crate::password::hash(password)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e))
 }
 
 async fn create_user(
@@ -326,6 +360,10 @@ async fn create_user(
     check_optional("tenant", new.tenant.as_deref())?;
     let apps = dedup(new.apps);
     check_apps_exist(&state, &apps).await?;
+    let password_hash = match new.password {
+        Some(p) => Some(password_hash(p).await?),
+        None => None,
+    };
     let user = User {
         id,
         email: new.email,
@@ -335,7 +373,7 @@ async fn create_user(
         tenant: new.tenant,
         status: UserStatus::Active,
         apps,
-        password_hash: None,
+        password_hash,
         created_at: state.engine.clock().now(),
     };
     state.store.insert_user(&user).await?;
@@ -374,6 +412,7 @@ struct UserPatch {
     tenant: Option<Option<String>>,
     status: Option<UserStatus>,
     apps: Option<Vec<String>>,
+    password: Option<String>,
 }
 
 async fn patch_user(
@@ -415,16 +454,22 @@ async fn patch_user(
         check_apps_exist(&state, &apps).await?;
         user.apps = apps;
     }
+    if let Some(p) = patch.password {
+        user.password_hash = Some(password_hash(p).await?);
+    }
     state.store.update_user(&user).await?;
     state.engine.invalidate(&Invalidation::User(id)).await;
     Ok(Json(user_view(&user)))
 }
 
 async fn delete_user(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    let tokens = state.store.delete_user(&id).await?;
+    let deleted = state.store.delete_user(&id).await?;
     state.engine.invalidate(&Invalidation::User(id)).await;
-    for t in tokens {
+    for t in deleted.user_tokens {
         state.engine.invalidate(&Invalidation::UserToken(t)).await;
+    }
+    for t in deleted.tickets {
+        state.engine.invalidate(&Invalidation::Ticket(t)).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -522,8 +567,11 @@ async fn patch_app(
 }
 
 async fn delete_app(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    state.store.delete_app(&id).await?;
+    let app_tokens = state.store.delete_app(&id).await?;
     state.engine.invalidate(&Invalidation::App(id)).await;
+    for t in app_tokens {
+        state.engine.invalidate(&Invalidation::AppToken(t)).await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -777,6 +825,255 @@ async fn delete_tokens(
             Err(e) => return Err(e.into()),
         }
         state.engine.invalidate(&Invalidation::UserToken(id)).await;
+    }
+    Ok(Json(json!({ "deleted": deleted })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewPassword {
+    password: String,
+}
+
+async fn set_password(
+    State(state): Shared,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let new: NewPassword = parse(body)?;
+    let mut user = state
+        .store
+        .user(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no user {id:?}")))?;
+    user.password_hash = Some(password_hash(new.password).await?);
+    state.store.update_user(&user).await?;
+    state.engine.invalidate(&Invalidation::User(id)).await;
+    tracing::info!(target: "audit", user_id = %user.id, "password set");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- app tokens
+
+fn app_token_view(t: &AppToken) -> Value {
+    json!({"id": t.id, "name": t.name, "app_id": t.app_id, "created_at": t.created_at})
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAppToken {
+    name: String,
+}
+
+async fn create_app_token(
+    State(state): Shared,
+    Path(app_id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let new: NewAppToken = parse(body)?;
+    check_text("name", &new.name, 200, true)?;
+    let secret = format::generate(TokenKind::AppToken)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+    let token = AppToken {
+        id: secret.id,
+        secret_hash: secret.hash,
+        app_id,
+        name: new.name,
+        created_at: state.engine.clock().now(),
+    };
+    match state
+        .store
+        .insert_app_token(&token, state.limits.app_tokens_per_app)
+        .await
+    {
+        Err(StoreError::NotFound) => {
+            return Err(ApiError::not_found(format!("no app {:?}", token.app_id)));
+        }
+        Err(StoreError::LimitReached(n)) => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "app_token_limit_reached",
+                format!("this app already holds {n} app tokens, the most allowed"),
+            ));
+        }
+        other => other?,
+    }
+    state
+        .engine
+        .invalidate(&Invalidation::AppToken(token.id.clone()))
+        .await;
+    state.metrics.issued("app_token");
+    tracing::info!(target: "audit", app_token_id = %token.id, app_id = %token.app_id, "app token created");
+    let mut view = app_token_view(&token);
+    // The only time the secret is shown.
+    view["token"] = Value::String(secret.token);
+    Ok((StatusCode::CREATED, Json(view)).into_response())
+}
+
+async fn list_app_tokens(
+    State(state): Shared,
+    Path(app_id): Path<String>,
+    Query(p): Query<Page>,
+) -> ApiResult<Json<Value>> {
+    if state.store.app(&app_id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no app {app_id:?}")));
+    }
+    let tokens = state.store.app_tokens(&app_id).await?;
+    page(tokens, |t| &t.id, &p, |t| app_token_view(&t))
+}
+
+async fn delete_app_token(
+    State(state): Shared,
+    Path((app_id, id)): Path<(String, String)>,
+) -> ApiResult<StatusCode> {
+    match state.store.app_token(&id).await? {
+        Some(t) if t.app_id == app_id => {}
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "app {app_id:?} has no app token {id:?}"
+            )));
+        }
+    }
+    state.store.delete_app_token(&id).await?;
+    state
+        .engine
+        .invalidate(&Invalidation::AppToken(id.clone()))
+        .await;
+    tracing::info!(target: "audit", app_token_id = %id, app_id = %app_id, "app token deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+// ---------------------------------------------------------------- sessions (tickets)
+
+fn ticket_view(t: &Ticket, owner: Option<&User>) -> Value {
+    json!({
+        "id": t.id, "kind": "ticket", "user_id": t.user_id,
+        "user_name": owner.map(|u| &u.name), "email": owner.map(|u| &u.email),
+        "department": owner.and_then(|u| u.department.as_ref()),
+        "user_type": owner.and_then(|u| u.user_type.as_ref()),
+        "issued_at": t.issued_at, "expires_at": t.expires_at,
+        "last_active_at": t.last_active_at.unwrap_or(t.issued_at),
+    })
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    user: Option<String>,
+    kind: Option<String>,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// Live tickets (not revoked, not expired), with their owners.
+async fn live_tickets(
+    state: &AdminState,
+    user: Option<&str>,
+) -> ApiResult<Vec<(Ticket, Option<User>)>> {
+    let now = state.engine.clock().now();
+    let tickets = state.store.tickets(user).await?;
+    let mut owners: std::collections::HashMap<String, Option<User>> =
+        std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for t in tickets
+        .into_iter()
+        .filter(|t| t.revoked_at.is_none() && t.expires_at > now)
+    {
+        if !owners.contains_key(&t.user_id) {
+            let owner = state.store.user(&t.user_id).await?;
+            owners.insert(t.user_id.clone(), owner);
+        }
+        let owner = owners.get(&t.user_id).cloned().flatten();
+        out.push((t, owner));
+    }
+    Ok(out)
+}
+
+async fn list_sessions(
+    State(state): Shared,
+    Query(q): Query<SessionQuery>,
+) -> ApiResult<Json<Value>> {
+    let items = match q.kind.as_deref() {
+        None | Some("ticket") => live_tickets(&state, q.user.as_deref()).await?,
+        // Session tokens (JWT) are not issued by this build.
+        Some("session") => Vec::new(),
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "kind",
+                format!("kind: {other:?} is not \"ticket\" or \"session\""),
+            ));
+        }
+    };
+    page(
+        items,
+        |(t, _)| &t.id,
+        &Page {
+            cursor: q.cursor,
+            limit: q.limit,
+        },
+        |(t, u)| ticket_view(&t, u.as_ref()),
+    )
+}
+
+async fn list_user_sessions(
+    State(state): Shared,
+    Path(id): Path<String>,
+    Query(p): Query<Page>,
+) -> ApiResult<Json<Value>> {
+    let items = live_tickets(&state, Some(&id)).await?;
+    page(
+        items,
+        |(t, _)| &t.id,
+        &p,
+        |(t, u)| ticket_view(&t, u.as_ref()),
+    )
+}
+
+/// Revokes one session or ticket by id; `false` when there is none.
+async fn revoke(state: &AdminState, id: &str) -> ApiResult<bool> {
+    match state.store.ticket(id).await? {
+        Some(t) => {
+            state.tickets.revoke(t).await?;
+            Ok(true)
+        }
+        None => Ok(false),
+    }
+}
+
+async fn delete_session(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    if revoke(&state, &id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found(format!("no session {id:?}")))
+    }
+}
+
+async fn delete_sessions(
+    State(state): Shared,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Value>> {
+    let many: ManyIds = parse(body)?;
+    let mut deleted = 0;
+    for id in dedup(many.ids) {
+        if revoke(&state, &id).await? {
+            deleted += 1;
+        }
+    }
+    Ok(Json(json!({ "deleted": deleted })))
+}
+
+async fn delete_user_sessions(
+    State(state): Shared,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if state.store.user(&id).await?.is_none() {
+        return Err(ApiError::not_found(format!("no user {id:?}")));
+    }
+    let mut deleted = 0;
+    for t in state.store.tickets(Some(&id)).await? {
+        if t.revoked_at.is_none() {
+            state.tickets.revoke(t).await?;
+            deleted += 1;
+        }
     }
     Ok(Json(json!({ "deleted": deleted })))
 }

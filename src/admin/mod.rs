@@ -36,6 +36,7 @@ pub struct AdminState {
     /// The key from the config, if any; else one is made (or found) in the store at start.
     configured_key: Option<String>,
     key_hash: OnceLock<[u8; 32]>,
+    pub tickets: Arc<crate::tickets::Tickets>,
 }
 
 impl AdminState {
@@ -46,6 +47,7 @@ impl AdminState {
         limits: Limits,
         proxy_address: String,
         configured_key: Option<String>,
+        tickets: Arc<crate::tickets::Tickets>,
     ) -> Self {
         Self {
             engine,
@@ -55,6 +57,7 @@ impl AdminState {
             proxy_address,
             configured_key,
             key_hash: OnceLock::new(),
+            tickets,
         }
     }
 

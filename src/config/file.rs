@@ -10,6 +10,8 @@ pub struct Server {
     pub listen: String,
     pub admin_listen: String,
     pub threads: usize,
+    /// Where tokengate's own endpoints live on the proxy listener.
+    pub auth_prefix: String,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
     /// How long SIGTERM waits for in-flight requests before exiting.
@@ -22,6 +24,7 @@ impl Default for Server {
             listen: "127.0.0.1:8080".into(),
             admin_listen: "127.0.0.1:9901".into(),
             threads: 2,
+            auth_prefix: "/_auth".into(),
             tls_cert: None,
             tls_key: None,
             shutdown_grace: "5s".into(),

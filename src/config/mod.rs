@@ -54,6 +54,8 @@ pub struct Config {
     pub listen: String,
     pub admin_listen: String,
     pub threads: usize,
+    /// `/_auth` by default: tokengate's own endpoints.
+    pub auth_prefix: String,
     pub shutdown_grace: Duration,
     pub upstream: Upstream,
     pub upstream_connect_timeout: Duration,
@@ -152,6 +154,16 @@ impl Config {
                     "{key} = {addr:?}: not an address like 127.0.0.1:8080"
                 ));
             }
+        }
+        if !server.auth_prefix.starts_with('/') || server.auth_prefix.len() < 2 {
+            problems.push(format!(
+                "server.auth_prefix = {:?}: a path like \"/_auth\"",
+                server.auth_prefix
+            ));
+        }
+        // Pingora keeps a read body in a buffer of 64 KiB, from which it is sent upstream.
+        if limits.xml_body_bytes > 65_536 {
+            problems.push("limits.xml_body_bytes can be at most 65536".into());
         }
         if server.threads == 0 {
             problems.push("server.threads must be at least 1".into());
@@ -266,6 +278,7 @@ impl Config {
             listen: server.listen,
             admin_listen: server.admin_listen,
             threads: server.threads,
+            auth_prefix: server.auth_prefix,
             shutdown_grace,
             upstream: upstream_cfg,
             upstream_connect_timeout,

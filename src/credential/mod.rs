@@ -3,6 +3,7 @@
 //! never logs a value. XML bodies are read by the proxy and offered here with [`Found::offer`].
 
 pub mod format;
+pub mod xml;
 
 use std::borrow::Cow;
 

@@ -1,6 +1,8 @@
 //! The Pingora `ProxyHttp` implementation. It stays thin: each phase calls one module.
-//! - `request_filter`: the engine decides; a denial is answered here, keep-alive, and the
-//!   upstream never hears of it.
+//! - `request_filter`: tokengate's own endpoints are answered; an XML body is read (whole, up
+//!   to the limit) for its credentials; the engine decides; a denial is answered here, and the
+//!   upstream never hears of it (not even its headers).
+//! - `request_body_filter`: an XML body goes on without its credential elements.
 //! - `upstream_request_filter`: forged identity and used credentials out, identity in.
 //! - `fail_to_proxy`: an unreachable upstream is a JSON 502.
 
@@ -17,6 +19,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::credential::xml::{self, XmlBody};
+use crate::endpoints::{self, Endpoints};
 use crate::engine::{Admission, Engine, RequestParts};
 use crate::error::AuthError;
 use crate::headers::{self, IdentityHeaders, REQUEST_ID, RequestEdit};
@@ -33,16 +37,27 @@ pub struct UpstreamTarget {
 
 pub struct Proxy {
     engine: Arc<Engine>,
+    endpoints: Arc<Endpoints>,
     identity: IdentityHeaders,
     upstream: UpstreamTarget,
+    /// The most of a body tokengate reads (XML bodies, sign-in forms).
+    body_limit: usize,
 }
 
 impl Proxy {
-    pub fn new(engine: Arc<Engine>, identity: IdentityHeaders, upstream: UpstreamTarget) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        endpoints: Arc<Endpoints>,
+        identity: IdentityHeaders,
+        upstream: UpstreamTarget,
+        body_limit: usize,
+    ) -> Self {
         Self {
             engine,
+            endpoints,
             identity,
             upstream,
+            body_limit,
         }
     }
 }
@@ -52,6 +67,9 @@ pub struct RequestCtx {
     request_id: HeaderValue,
     admission: Option<Admission>,
     upstream_started: Option<Instant>,
+    /// The body to send instead of the client's (an XML body without its credentials): taken
+    /// by the first body chunk, so later chunks send nothing.
+    body_replacement: Option<Option<Bytes>>,
 }
 
 /// A request id: the client's `X-Request-Id` when it is a sane one, else a new one.
@@ -82,40 +100,25 @@ pub fn new_request_id() -> HeaderValue {
     HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// Writes an error answer, keeping the connection open where that is safe.
-async fn respond(session: &mut Session, error: AuthError, request_id: &HeaderValue) {
-    let id = request_id.to_str().unwrap_or("");
-    let body = Bytes::from(error.json_body(id));
-    let Ok(mut resp) = ResponseHeader::build(error.status(), Some(6)) else {
+/// Writes an answer of tokengate's own, keeping the connection open where that is safe.
+async fn respond(session: &mut Session, answer: endpoints::Response, request_id: &HeaderValue) {
+    let body = Bytes::from(answer.body);
+    let Ok(mut resp) = ResponseHeader::build(answer.status, Some(4 + answer.headers.len())) else {
         return;
     };
-    let _ = resp.insert_header(http::header::CONTENT_TYPE, "application/json");
+    let _ = resp.insert_header(http::header::CONTENT_TYPE, answer.content_type);
     let _ = resp.insert_header(http::header::CONTENT_LENGTH, body.len().to_string());
     let _ = resp.insert_header(REQUEST_ID, request_id.clone());
-    if let Some(challenge) = error.challenge() {
-        let _ = resp.insert_header(http::header::WWW_AUTHENTICATE, challenge);
-    }
-    if let Some(secs) = error.retry_after() {
-        let _ = resp.insert_header(http::header::RETRY_AFTER, secs.to_string());
+    for (name, value) in answer.headers {
+        let _ = resp.append_header(name, value);
     }
     // An unread body would close the connection after the answer: read a small one, and
     // close rather than read a large one from a client that isn't admitted.
-    let small_body = session
-        .req_header()
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
-        .is_some_and(|n| n <= 64 * 1024);
-    let chunked = session
-        .req_header()
-        .headers
-        .contains_key(http::header::TRANSFER_ENCODING);
-    if small_body && !chunked {
-        if session.drain_request_body().await.is_err() {
+    if !session.is_body_done() {
+        let small = content_length(session).is_some_and(|n| n <= 64 * 1024);
+        if !small || session.drain_request_body().await.is_err() {
             session.set_keepalive(None);
         }
-    } else if chunked {
-        session.set_keepalive(None);
     }
     if session
         .write_response_header(Box::new(resp), false)
@@ -123,6 +126,55 @@ async fn respond(session: &mut Session, error: AuthError, request_id: &HeaderVal
         .is_ok()
     {
         let _ = session.write_response_body(Some(body), true).await;
+    }
+}
+
+/// A refusal, as JSON or (for Quickbase's XML API) as `<qdbapi>`.
+async fn refuse(session: &mut Session, error: AuthError, request_id: &HeaderValue) {
+    let req = session.req_header();
+    let action = if endpoints::is_qb_api(req.uri.path(), req.uri.query(), &req.headers) {
+        endpoints::qb_action(req.uri.query(), &req.headers).map(|a| a.into_owned())
+    } else {
+        None
+    };
+    let id = request_id.to_str().unwrap_or("");
+    let answer = endpoints::Response::error(error, id, action.as_deref());
+    respond(session, answer, request_id).await;
+}
+
+fn content_length(session: &Session) -> Option<u64> {
+    session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+}
+
+fn content_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+}
+
+/// Reads the whole body (at most `limit` bytes). Pingora keeps a copy in its retry buffer,
+/// from which the body is sent upstream after the decision.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, AuthError> {
+    if content_length(session).is_some_and(|n| n > limit as u64) {
+        return Err(AuthError::BodyTooLarge);
+    }
+    session.enable_retry_buffering();
+    let mut body = bytes::BytesMut::new();
+    loop {
+        match session.read_request_body().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > limit {
+                    return Err(AuthError::BodyTooLarge);
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body.freeze()),
+            Err(_) => return Err(AuthError::MalformedBody),
+        }
     }
 }
 
@@ -160,6 +212,7 @@ impl ProxyHttp for Proxy {
             request_id: HeaderValue::from_static(""),
             admission: None,
             upstream_started: None,
+            body_replacement: None,
         }
     }
 
@@ -170,14 +223,67 @@ impl ProxyHttp for Proxy {
     ) -> pingora::Result<bool> {
         let req = session.req_header();
         ctx.request_id = request_id(&req.headers);
+        let endpoint = self
+            .endpoints
+            .route(req.uri.path(), req.uri.query(), &req.headers);
+        let is_xml = xml::is_xml(content_type(&req.headers));
+        let body =
+            if endpoint.is_some_and(|e| e.reads_body()) || (is_xml && !session.is_body_empty()) {
+                match read_body(session, self.body_limit).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        session.set_keepalive(None);
+                        refuse(session, e, &ctx.request_id).await;
+                        return Ok(true);
+                    }
+                }
+            } else {
+                Bytes::new()
+            };
+        let parsed: Option<XmlBody> = if is_xml && !body.is_empty() {
+            match xml::read(&body) {
+                Ok(x) => Some(x),
+                Err(e) => {
+                    let id = ctx.request_id.to_str().unwrap_or("");
+                    tracing::info!(request_id = id, error = %e, reason = "malformed_body", "request denied");
+                    refuse(session, AuthError::MalformedBody, &ctx.request_id).await;
+                    return Ok(true);
+                }
+            }
+        } else {
+            None
+        };
+        let req = session.req_header();
+
+        if let Some(endpoint) = endpoint {
+            let id = ctx.request_id.to_str().unwrap_or("").to_owned();
+            let request = endpoints::Request {
+                method: &req.method,
+                query: req.uri.query(),
+                headers: &req.headers,
+                body: &body,
+                xml: parsed.as_ref(),
+                request_id: &id,
+            };
+            let answer = self.endpoints.handle(endpoint, &request).await;
+            respond(session, answer, &ctx.request_id).await;
+            return Ok(true);
+        }
+
         let parts = RequestParts {
             method: &req.method,
             path: req.uri.path(),
             query: req.uri.query(),
             headers: &req.headers,
+            xml: parsed.as_ref(),
         };
         match self.engine.decide(parts).await {
             Ok(admission) => {
+                if !admission.forward_credentials
+                    && let Some(x) = parsed.as_ref().filter(|x| x.has_credentials())
+                {
+                    ctx.body_replacement = Some(Some(Bytes::from(x.without_credentials(&body))));
+                }
                 ctx.admission = Some(admission);
                 Ok(false)
             }
@@ -188,10 +294,23 @@ impl ProxyHttp for Proxy {
                     reason = denial.error.code(),
                     "request denied"
                 );
-                respond(session, denial.error, &ctx.request_id).await;
+                refuse(session, denial.error, &ctx.request_id).await;
                 Ok(true)
             }
         }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> pingora::Result<()> {
+        if let Some(replacement) = ctx.body_replacement.as_mut() {
+            *body = replacement.take();
+        }
+        Ok(())
     }
 
     async fn upstream_peer(
@@ -230,6 +349,11 @@ impl ProxyHttp for Proxy {
                 self.identity.set(upstream, identity);
             }
         }
+        if let Some(Some(replacement)) = &ctx.body_replacement {
+            upstream.remove_header(&http::header::TRANSFER_ENCODING);
+            let _ =
+                upstream.insert_header(http::header::CONTENT_LENGTH, replacement.len().to_string());
+        }
         let _ = upstream.insert_header(REQUEST_ID, ctx.request_id.clone());
         ctx.upstream_started = Some(Instant::now());
         Ok(())
@@ -248,7 +372,7 @@ impl ProxyHttp for Proxy {
             (ErrorType::HTTPStatus(code), _) => *code,
             (_, ErrorSource::Upstream) => {
                 tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "upstream unavailable");
-                respond(session, AuthError::UpstreamUnavailable, &ctx.request_id).await;
+                refuse(session, AuthError::UpstreamUnavailable, &ctx.request_id).await;
                 return FailToProxy {
                     error_code: 502,
                     can_reuse_downstream: false,

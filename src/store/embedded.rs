@@ -11,8 +11,8 @@ use redb::{
     ReadableTable, TableDefinition, WriteTransaction,
 };
 
-use super::{Store, StoreError, StoreResult, TokenFilter, decode, encode};
-use crate::model::{App, User, UserToken};
+use super::{DeletedUser, Store, StoreError, StoreResult, TokenFilter, decode, encode};
+use crate::model::{App, AppToken, Ticket, User, UserToken};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
@@ -20,6 +20,14 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("user_tokens")
 /// user id -> ids of the tokens it owns.
 const TOKENS_BY_USER: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("user_tokens_by_user");
+const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
+/// user id -> ids of its tickets.
+const TICKETS_BY_USER: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("tickets_by_user");
+const APP_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("app_tokens");
+/// app id -> ids of its app tokens.
+const APP_TOKENS_BY_APP: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("app_tokens_by_app");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ADMIN_KEY_HASH: &str = "admin_key_hash";
 
@@ -46,6 +54,12 @@ impl EmbeddedStore {
             txn.open_table(APPS).map_err(backend_error)?;
             txn.open_table(TOKENS).map_err(backend_error)?;
             txn.open_multimap_table(TOKENS_BY_USER)
+                .map_err(backend_error)?;
+            txn.open_table(TICKETS).map_err(backend_error)?;
+            txn.open_multimap_table(TICKETS_BY_USER)
+                .map_err(backend_error)?;
+            txn.open_table(APP_TOKENS).map_err(backend_error)?;
+            txn.open_multimap_table(APP_TOKENS_BY_APP)
                 .map_err(backend_error)?;
             txn.open_table(META).map_err(backend_error)?;
         }
@@ -141,6 +155,85 @@ impl EmbeddedStore {
     }
 }
 
+type Records = TableDefinition<'static, &'static str, &'static [u8]>;
+type Index = MultimapTableDefinition<'static, &'static str, &'static str>;
+
+/// Removes every record `owner` holds through `index`; returns their ids.
+fn remove_owned(
+    txn: &WriteTransaction,
+    index: Index,
+    records: Records,
+    owner: &str,
+) -> StoreResult<Vec<String>> {
+    let mut index = txn.open_multimap_table(index).map_err(backend_error)?;
+    let mut ids = Vec::new();
+    for id in index.remove_all(owner).map_err(backend_error)? {
+        ids.push(id.map_err(backend_error)?.value().to_owned());
+    }
+    let mut records = txn.open_table(records).map_err(backend_error)?;
+    for id in &ids {
+        records.remove(id.as_str()).map_err(backend_error)?;
+    }
+    Ok(ids)
+}
+
+/// Inserts a record owned by `owner` and indexes it, refusing a taken id and, with a
+/// `limit`, an owner that already holds that many.
+fn insert_owned(
+    txn: &WriteTransaction,
+    records: Records,
+    index: Index,
+    owner: &str,
+    id: &str,
+    bytes: &[u8],
+    limit: Option<usize>,
+) -> StoreResult<()> {
+    let mut records = txn.open_table(records).map_err(backend_error)?;
+    if records.get(id).map_err(backend_error)?.is_some() {
+        return Err(StoreError::Conflict);
+    }
+    let mut index = txn.open_multimap_table(index).map_err(backend_error)?;
+    if let Some(limit) = limit {
+        let held = index.get(owner).map_err(backend_error)?.len();
+        if held >= limit as u64 {
+            return Err(StoreError::LimitReached(limit));
+        }
+    }
+    records.insert(id, bytes).map_err(backend_error)?;
+    index.insert(owner, id).map_err(backend_error)?;
+    Ok(())
+}
+
+impl EmbeddedStore {
+    /// The records `owner` holds through `index`, sorted by id.
+    async fn owned<T: serde::de::DeserializeOwned + Send + 'static>(
+        &self,
+        index: Index,
+        records: Records,
+        what: &'static str,
+        owner: &str,
+    ) -> StoreResult<Vec<T>> {
+        let owner = owner.to_owned();
+        self.read(move |txn| {
+            let index = txn.open_multimap_table(index).map_err(backend_error)?;
+            let records = txn.open_table(records).map_err(backend_error)?;
+            let mut ids = Vec::new();
+            for id in index.get(owner.as_str()).map_err(backend_error)? {
+                ids.push(id.map_err(backend_error)?.value().to_owned());
+            }
+            ids.sort();
+            let mut out = Vec::new();
+            for id in ids {
+                if let Some(v) = records.get(id.as_str()).map_err(backend_error)? {
+                    out.push(decode(what, v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
 #[async_trait]
 impl Store for EmbeddedStore {
     fn backend(&self) -> &'static str {
@@ -171,25 +264,17 @@ impl Store for EmbeddedStore {
         self.put(USERS, &user.id, encode(user)?, true).await
     }
 
-    async fn delete_user(&self, id: &str) -> StoreResult<Vec<String>> {
+    async fn delete_user(&self, id: &str) -> StoreResult<DeletedUser> {
         let id = id.to_owned();
         self.write(move |txn| {
             let mut users = txn.open_table(USERS).map_err(backend_error)?;
             if users.remove(id.as_str()).map_err(backend_error)?.is_none() {
                 return Err(StoreError::NotFound);
             }
-            let mut by_user = txn
-                .open_multimap_table(TOKENS_BY_USER)
-                .map_err(backend_error)?;
-            let mut token_ids = Vec::new();
-            for tid in by_user.remove_all(id.as_str()).map_err(backend_error)? {
-                token_ids.push(tid.map_err(backend_error)?.value().to_owned());
-            }
-            let mut tokens = txn.open_table(TOKENS).map_err(backend_error)?;
-            for tid in &token_ids {
-                tokens.remove(tid.as_str()).map_err(backend_error)?;
-            }
-            Ok(token_ids)
+            Ok(DeletedUser {
+                user_tokens: remove_owned(txn, TOKENS_BY_USER, TOKENS, &id)?,
+                tickets: remove_owned(txn, TICKETS_BY_USER, TICKETS, &id)?,
+            })
         })
         .await
     }
@@ -210,14 +295,14 @@ impl Store for EmbeddedStore {
         self.put(APPS, &app.id, encode(app)?, true).await
     }
 
-    async fn delete_app(&self, id: &str) -> StoreResult<()> {
+    async fn delete_app(&self, id: &str) -> StoreResult<Vec<String>> {
         let id = id.to_owned();
         self.write(move |txn| {
             let mut apps = txn.open_table(APPS).map_err(backend_error)?;
-            match apps.remove(id.as_str()).map_err(backend_error)? {
-                Some(_) => Ok(()),
-                None => Err(StoreError::NotFound),
+            if apps.remove(id.as_str()).map_err(backend_error)?.is_none() {
+                return Err(StoreError::NotFound);
             }
+            remove_owned(txn, APP_TOKENS_BY_APP, APP_TOKENS, &id)
         })
         .await
     }
@@ -266,24 +351,15 @@ impl Store for EmbeddedStore {
             {
                 return Err(StoreError::NotFound);
             }
-            let mut tokens = txn.open_table(TOKENS).map_err(backend_error)?;
-            if tokens.get(id.as_str()).map_err(backend_error)?.is_some() {
-                return Err(StoreError::Conflict);
-            }
-            let mut by_user = txn
-                .open_multimap_table(TOKENS_BY_USER)
-                .map_err(backend_error)?;
-            let held = by_user.get(user_id.as_str()).map_err(backend_error)?.len();
-            if held >= limit as u64 {
-                return Err(StoreError::LimitReached(limit));
-            }
-            tokens
-                .insert(id.as_str(), bytes.as_slice())
-                .map_err(backend_error)?;
-            by_user
-                .insert(user_id.as_str(), id.as_str())
-                .map_err(backend_error)?;
-            Ok(())
+            insert_owned(
+                txn,
+                TOKENS,
+                TOKENS_BY_USER,
+                &user_id,
+                &id,
+                &bytes,
+                Some(limit),
+            )
         })
         .await
     }
@@ -306,6 +382,88 @@ impl Store for EmbeddedStore {
                 .map_err(backend_error)?;
             by_user
                 .remove(token.user_id.as_str(), id.as_str())
+                .map_err(backend_error)?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
+        self.get(TICKETS, "ticket", id).await
+    }
+
+    async fn tickets(&self, user: Option<&str>) -> StoreResult<Vec<Ticket>> {
+        match user {
+            None => self.all(TICKETS, "ticket").await,
+            Some(user) => self.owned(TICKETS_BY_USER, TICKETS, "ticket", user).await,
+        }
+    }
+
+    async fn insert_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
+        let bytes = encode(ticket)?;
+        let (id, user_id) = (ticket.id.clone(), ticket.user_id.clone());
+        self.write(move |txn| {
+            let users = txn.open_table(USERS).map_err(backend_error)?;
+            if users
+                .get(user_id.as_str())
+                .map_err(backend_error)?
+                .is_none()
+            {
+                return Err(StoreError::NotFound);
+            }
+            insert_owned(txn, TICKETS, TICKETS_BY_USER, &user_id, &id, &bytes, None)
+        })
+        .await
+    }
+
+    async fn update_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
+        self.put(TICKETS, &ticket.id, encode(ticket)?, true).await
+    }
+
+    async fn app_token(&self, id: &str) -> StoreResult<Option<AppToken>> {
+        self.get(APP_TOKENS, "app token", id).await
+    }
+
+    async fn app_tokens(&self, app_id: &str) -> StoreResult<Vec<AppToken>> {
+        self.owned(APP_TOKENS_BY_APP, APP_TOKENS, "app token", app_id)
+            .await
+    }
+
+    async fn insert_app_token(&self, token: &AppToken, limit: usize) -> StoreResult<()> {
+        let bytes = encode(token)?;
+        let (id, app_id) = (token.id.clone(), token.app_id.clone());
+        self.write(move |txn| {
+            let apps = txn.open_table(APPS).map_err(backend_error)?;
+            if apps.get(app_id.as_str()).map_err(backend_error)?.is_none() {
+                return Err(StoreError::NotFound);
+            }
+            insert_owned(
+                txn,
+                APP_TOKENS,
+                APP_TOKENS_BY_APP,
+                &app_id,
+                &id,
+                &bytes,
+                Some(limit),
+            )
+        })
+        .await
+    }
+
+    async fn delete_app_token(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_owned();
+        self.write(move |txn| {
+            let mut tokens = txn.open_table(APP_TOKENS).map_err(backend_error)?;
+            let Some(old) = tokens.remove(id.as_str()).map_err(backend_error)? else {
+                return Err(StoreError::NotFound);
+            };
+            let token: AppToken = decode("app token", old.value())?;
+            drop(old);
+            let mut by_app = txn
+                .open_multimap_table(APP_TOKENS_BY_APP)
+                .map_err(backend_error)?;
+            by_app
+                .remove(token.app_id.as_str(), id.as_str())
                 .map_err(backend_error)?;
             Ok(())
         })

@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 
-use super::{SharedStore, Store, StoreError, StoreResult, TokenFilter};
+use super::{DeletedUser, SharedStore, Store, StoreError, StoreResult, TokenFilter};
 use crate::metrics::Metrics;
-use crate::model::{App, User, UserToken};
+use crate::model::{App, AppToken, Ticket, User, UserToken};
 
 pub struct Instrumented {
     inner: SharedStore,
@@ -61,7 +61,7 @@ impl Store for Instrumented {
         self.observe("update_user", self.inner.update_user(user))
             .await
     }
-    async fn delete_user(&self, id: &str) -> StoreResult<Vec<String>> {
+    async fn delete_user(&self, id: &str) -> StoreResult<DeletedUser> {
         self.observe("delete_user", self.inner.delete_user(id))
             .await
     }
@@ -77,7 +77,7 @@ impl Store for Instrumented {
     async fn update_app(&self, app: &App) -> StoreResult<()> {
         self.observe("update_app", self.inner.update_app(app)).await
     }
-    async fn delete_app(&self, id: &str) -> StoreResult<()> {
+    async fn delete_app(&self, id: &str) -> StoreResult<Vec<String>> {
         self.observe("delete_app", self.inner.delete_app(id)).await
     }
     async fn user_token(&self, id: &str) -> StoreResult<Option<UserToken>> {
@@ -101,6 +101,39 @@ impl Store for Instrumented {
     }
     async fn delete_user_token(&self, id: &str) -> StoreResult<()> {
         self.observe("delete_user_token", self.inner.delete_user_token(id))
+            .await
+    }
+    async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
+        self.observe("get_ticket", self.inner.ticket(id)).await
+    }
+    async fn tickets(&self, user: Option<&str>) -> StoreResult<Vec<Ticket>> {
+        self.observe("list_tickets", self.inner.tickets(user)).await
+    }
+    async fn insert_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
+        self.observe("insert_ticket", self.inner.insert_ticket(ticket))
+            .await
+    }
+    async fn update_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
+        self.observe("update_ticket", self.inner.update_ticket(ticket))
+            .await
+    }
+    async fn app_token(&self, id: &str) -> StoreResult<Option<AppToken>> {
+        self.observe("get_app_token", self.inner.app_token(id))
+            .await
+    }
+    async fn app_tokens(&self, app_id: &str) -> StoreResult<Vec<AppToken>> {
+        self.observe("list_app_tokens", self.inner.app_tokens(app_id))
+            .await
+    }
+    async fn insert_app_token(&self, token: &AppToken, limit: usize) -> StoreResult<()> {
+        self.observe(
+            "insert_app_token",
+            self.inner.insert_app_token(token, limit),
+        )
+        .await
+    }
+    async fn delete_app_token(&self, id: &str) -> StoreResult<()> {
+        self.observe("delete_app_token", self.inner.delete_app_token(id))
             .await
     }
     async fn admin_key_hash(&self) -> StoreResult<Option<[u8; 32]>> {

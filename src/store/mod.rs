@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::{App, User, UserToken};
+use crate::model::{App, AppToken, Ticket, User, UserToken};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -63,14 +63,15 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_user(&self, user: &User) -> StoreResult<()>;
     /// Fails with `NotFound` when there is no such user.
     async fn update_user(&self, user: &User) -> StoreResult<()>;
-    /// Deletes the user and every token it owns, at once; returns the ids of those tokens.
-    async fn delete_user(&self, id: &str) -> StoreResult<Vec<String>>;
+    /// Deletes the user and every credential it owns, at once; returns their ids.
+    async fn delete_user(&self, id: &str) -> StoreResult<DeletedUser>;
 
     async fn app(&self, id: &str) -> StoreResult<Option<App>>;
     async fn apps(&self) -> StoreResult<Vec<App>>;
     async fn insert_app(&self, app: &App) -> StoreResult<()>;
     async fn update_app(&self, app: &App) -> StoreResult<()>;
-    async fn delete_app(&self, id: &str) -> StoreResult<()>;
+    /// Deletes the app and its app tokens, at once; returns the app tokens' ids.
+    async fn delete_app(&self, id: &str) -> StoreResult<Vec<String>>;
 
     async fn user_token(&self, id: &str) -> StoreResult<Option<UserToken>>;
     async fn user_tokens(&self, filter: &TokenFilter) -> StoreResult<Vec<UserToken>>;
@@ -80,6 +81,21 @@ pub trait Store: Send + Sync + 'static {
     async fn update_user_token(&self, token: &UserToken) -> StoreResult<()>;
     async fn delete_user_token(&self, id: &str) -> StoreResult<()>;
 
+    async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>>;
+    /// Every ticket, or one user's.
+    async fn tickets(&self, user: Option<&str>) -> StoreResult<Vec<Ticket>>;
+    /// Fails with `NotFound` when the user doesn't exist, `Conflict` when the id is taken.
+    async fn insert_ticket(&self, ticket: &Ticket) -> StoreResult<()>;
+    /// Fails with `NotFound` when there is no such ticket.
+    async fn update_ticket(&self, ticket: &Ticket) -> StoreResult<()>;
+
+    async fn app_token(&self, id: &str) -> StoreResult<Option<AppToken>>;
+    async fn app_tokens(&self, app_id: &str) -> StoreResult<Vec<AppToken>>;
+    /// Fails with `NotFound` when the app doesn't exist, `LimitReached` when it already holds
+    /// `limit` app tokens, `Conflict` when the id is taken.
+    async fn insert_app_token(&self, token: &AppToken, limit: usize) -> StoreResult<()>;
+    async fn delete_app_token(&self, id: &str) -> StoreResult<()>;
+
     /// The SHA-256 of the admin key made at first start, if one was made.
     async fn admin_key_hash(&self) -> StoreResult<Option<[u8; 32]>>;
     /// Keeps `hash` unless a hash is already kept; returns the one kept.
@@ -87,6 +103,13 @@ pub trait Store: Send + Sync + 'static {
 }
 
 pub type SharedStore = Arc<dyn Store>;
+
+/// What deleting a user took with it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct DeletedUser {
+    pub user_tokens: Vec<String>,
+    pub tickets: Vec<String>,
+}
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(bytes)

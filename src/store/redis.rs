@@ -7,7 +7,9 @@
 //! long-lived runtime, so it must not be made in a short-lived one (such as `main`'s).
 //!
 //! Keys (prefix `tg:`): `user:{id}`, `users` (set), `app:{id}`, `apps` (set), `utok:{id}`,
-//! `utoks` (set), `user:{id}:utoks` (set of that user's token ids), `meta:admin_key_hash`.
+//! `utoks` (set), `user:{id}:utoks` (that user's token ids), `ticket:{id}`, `tickets` (set),
+//! `user:{id}:tickets`, `apptok:{id}`, `apptoks` (set), `app:{id}:apptoks`,
+//! `meta:admin_key_hash`.
 
 use std::time::Duration;
 
@@ -16,8 +18,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::OnceCell;
 
-use super::{Store, StoreError, StoreResult, TokenFilter, decode, encode};
-use crate::model::{App, User, UserToken};
+use super::{DeletedUser, Store, StoreError, StoreResult, TokenFilter, decode, encode};
+use crate::model::{App, AppToken, Ticket, User, UserToken};
 
 const PREFIX: &str = "tg:";
 
@@ -30,10 +32,10 @@ pub struct RedisStore {
 struct Scripts {
     insert: Script,
     update: Script,
-    delete: Script,
     delete_user: Script,
-    insert_token: Script,
-    delete_token: Script,
+    delete_app: Script,
+    insert_owned: Script,
+    delete_owned: Script,
 }
 
 /// KEYS: record, index set. ARGV: json, id. 1 = done, 0 = the id is taken.
@@ -49,45 +51,96 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('SET', KEYS[1], ARGV[1])
 return 1";
 
-/// KEYS: record, index set. ARGV: id. 1 = done, 0 = no such record.
-const DELETE: &str = r"
-if redis.call('DEL', KEYS[1]) == 0 then return 0 end
-redis.call('SREM', KEYS[2], ARGV[1])
-return 1";
+/// Deletes every record an owner's index set lists, and the set.
+const DELETE_ALL_OWNED: &str = r"
+local function delete_all(index, all, kind, prefix)
+  local ids = redis.call('SMEMBERS', index)
+  for _, id in ipairs(ids) do
+    redis.call('DEL', prefix .. kind .. ':' .. id)
+    redis.call('SREM', all, id)
+  end
+  redis.call('DEL', index)
+  return ids
+end
+";
 
-/// KEYS: user, users set, the user's token set, all-tokens set. ARGV: user id, key prefix.
-/// Returns the deleted token ids, or false when there is no such user.
+/// KEYS: user, users set, the user's token set, all-tokens set, the user's ticket set,
+/// all-tickets set. ARGV: user id, key prefix. Returns {token ids, ticket ids}, or false when
+/// there is no such user.
 const DELETE_USER: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return false end
 redis.call('SREM', KEYS[2], ARGV[1])
-local ids = redis.call('SMEMBERS', KEYS[3])
-for _, id in ipairs(ids) do
-  redis.call('DEL', ARGV[2] .. 'utok:' .. id)
-  redis.call('SREM', KEYS[4], id)
-end
-redis.call('DEL', KEYS[3])
-return ids";
+return {delete_all(KEYS[3], KEYS[4], 'utok', ARGV[2]), delete_all(KEYS[5], KEYS[6], 'ticket', ARGV[2])}";
 
-/// KEYS: user, token, the user's token set, all-tokens set. ARGV: json, token id, limit.
-/// 1 = done, -1 = no such user, -2 = id taken, -3 = limit reached.
-const INSERT_TOKEN: &str = r"
+/// KEYS: app, apps set, the app's app-token set, all-app-tokens set. ARGV: app id, key prefix.
+/// Returns the deleted app token ids, or false when there is no such app.
+const DELETE_APP: &str = r"
+if redis.call('DEL', KEYS[1]) == 0 then return false end
+redis.call('SREM', KEYS[2], ARGV[1])
+return delete_all(KEYS[3], KEYS[4], 'apptok', ARGV[2])";
+
+/// KEYS: owner, record, the owner's index set, all set. ARGV: json, id, limit (0: none).
+/// 1 = done, -1 = no such owner, -2 = id taken, -3 = limit reached.
+const INSERT_OWNED: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return -2 end
-if redis.call('SCARD', KEYS[3]) >= tonumber(ARGV[3]) then return -3 end
+local limit = tonumber(ARGV[3])
+if limit > 0 and redis.call('SCARD', KEYS[3]) >= limit then return -3 end
 redis.call('SET', KEYS[2], ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[2])
 return 1";
 
-/// KEYS: token, all-tokens set. ARGV: token id, key prefix. 1 = done, 0 = no such token.
-const DELETE_TOKEN: &str = r"
+/// KEYS: record, all set. ARGV: id, key prefix, the owner field of the record's JSON, the
+/// owner's kind, the owner's index name. 1 = done, 0 = no such record.
+const DELETE_OWNED: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
-local t = cjson.decode(v)
+local owner = cjson.decode(v)[ARGV[3]]
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[1])
-redis.call('SREM', ARGV[2] .. 'user:' .. t.user_id .. ':utoks', ARGV[1])
+redis.call('SREM', ARGV[2] .. ARGV[4] .. ':' .. owner .. ':' .. ARGV[5], ARGV[1])
 return 1";
+
+/// How a kind of owned record is laid out.
+struct Owned {
+    /// Record key kind, e.g. `utok`.
+    kind: &'static str,
+    /// The set of all of them.
+    all: &'static str,
+    owner_kind: &'static str,
+    owner_field: &'static str,
+    /// The owner's index: `{owner_kind}:{owner}:{index}`.
+    index: &'static str,
+}
+
+const USER_TOKENS: Owned = Owned {
+    kind: "utok",
+    all: "utoks",
+    owner_kind: "user",
+    owner_field: "user_id",
+    index: "utoks",
+};
+const TICKETS: Owned = Owned {
+    kind: "ticket",
+    all: "tickets",
+    owner_kind: "user",
+    owner_field: "user_id",
+    index: "tickets",
+};
+const APP_TOKENS: Owned = Owned {
+    kind: "apptok",
+    all: "apptoks",
+    owner_kind: "app",
+    owner_field: "app_id",
+    index: "apptoks",
+};
+
+impl Owned {
+    fn index_key(&self, owner: &str) -> String {
+        format!("{PREFIX}{}:{owner}:{}", self.owner_kind, self.index)
+    }
+}
 
 fn key(kind: &str, id: &str) -> String {
     let mut k = String::with_capacity(PREFIX.len() + kind.len() + 1 + id.len());
@@ -100,10 +153,6 @@ fn key(kind: &str, id: &str) -> String {
 
 fn set(name: &str) -> String {
     format!("{PREFIX}{name}")
-}
-
-fn user_tokens_key(user_id: &str) -> String {
-    format!("{PREFIX}user:{user_id}:utoks")
 }
 
 fn map_err(e: RedisError) -> StoreError {
@@ -125,10 +174,10 @@ impl RedisStore {
             scripts: Scripts {
                 insert: Script::new(INSERT),
                 update: Script::new(UPDATE),
-                delete: Script::new(DELETE),
-                delete_user: Script::new(DELETE_USER),
-                insert_token: Script::new(INSERT_TOKEN),
-                delete_token: Script::new(DELETE_TOKEN),
+                delete_user: Script::new(&format!("{DELETE_ALL_OWNED}{DELETE_USER}")),
+                delete_app: Script::new(&format!("{DELETE_ALL_OWNED}{DELETE_APP}")),
+                insert_owned: Script::new(INSERT_OWNED),
+                delete_owned: Script::new(DELETE_OWNED),
             },
         })
     }
@@ -211,6 +260,58 @@ impl RedisStore {
         }
     }
 
+    async fn insert_owned(
+        &self,
+        layout: &Owned,
+        owner: &str,
+        id: &str,
+        json: Vec<u8>,
+        limit: usize,
+    ) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        let done: i64 = self
+            .scripts
+            .insert_owned
+            .key(key(layout.owner_kind, owner))
+            .key(key(layout.kind, id))
+            .key(layout.index_key(owner))
+            .key(set(layout.all))
+            .arg(json)
+            .arg(id)
+            .arg(limit)
+            .invoke_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        match done {
+            1 => Ok(()),
+            -1 => Err(StoreError::NotFound),
+            -2 => Err(StoreError::Conflict),
+            _ => Err(StoreError::LimitReached(limit)),
+        }
+    }
+
+    async fn delete_owned(&self, layout: &Owned, id: &str) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        let done: i64 = self
+            .scripts
+            .delete_owned
+            .key(key(layout.kind, id))
+            .key(set(layout.all))
+            .arg(id)
+            .arg(PREFIX)
+            .arg(layout.owner_field)
+            .arg(layout.owner_kind)
+            .arg(layout.index)
+            .invoke_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        if done == 1 {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound)
+        }
+    }
+
     async fn update(&self, kind: &str, id: &str, json: Vec<u8>) -> StoreResult<()> {
         let mut c = self.conn().await?;
         let done: i64 = self
@@ -260,21 +361,27 @@ impl Store for RedisStore {
         self.update("user", &user.id, encode(user)?).await
     }
 
-    async fn delete_user(&self, id: &str) -> StoreResult<Vec<String>> {
+    async fn delete_user(&self, id: &str) -> StoreResult<DeletedUser> {
         let mut c = self.conn().await?;
-        let deleted: Option<Vec<String>> = self
+        let deleted: Option<(Vec<String>, Vec<String>)> = self
             .scripts
             .delete_user
             .key(key("user", id))
             .key(set("users"))
-            .key(user_tokens_key(id))
-            .key(set("utoks"))
+            .key(USER_TOKENS.index_key(id))
+            .key(set(USER_TOKENS.all))
+            .key(TICKETS.index_key(id))
+            .key(set(TICKETS.all))
             .arg(id)
             .arg(PREFIX)
             .invoke_async(&mut c)
             .await
             .map_err(map_err)?;
-        deleted.ok_or(StoreError::NotFound)
+        let (user_tokens, tickets) = deleted.ok_or(StoreError::NotFound)?;
+        Ok(DeletedUser {
+            user_tokens,
+            tickets,
+        })
     }
 
     async fn app(&self, id: &str) -> StoreResult<Option<App>> {
@@ -293,32 +400,31 @@ impl Store for RedisStore {
         self.update("app", &app.id, encode(app)?).await
     }
 
-    async fn delete_app(&self, id: &str) -> StoreResult<()> {
+    async fn delete_app(&self, id: &str) -> StoreResult<Vec<String>> {
         let mut c = self.conn().await?;
-        let done: i64 = self
+        let deleted: Option<Vec<String>> = self
             .scripts
-            .delete
+            .delete_app
             .key(key("app", id))
             .key(set("apps"))
+            .key(APP_TOKENS.index_key(id))
+            .key(set(APP_TOKENS.all))
             .arg(id)
+            .arg(PREFIX)
             .invoke_async(&mut c)
             .await
             .map_err(map_err)?;
-        if done == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound)
-        }
+        deleted.ok_or(StoreError::NotFound)
     }
 
     async fn user_token(&self, id: &str) -> StoreResult<Option<UserToken>> {
-        self.get("utok", "user token", id).await
+        self.get(USER_TOKENS.kind, "user token", id).await
     }
 
     async fn user_tokens(&self, filter: &TokenFilter) -> StoreResult<Vec<UserToken>> {
         let index = match &filter.user {
-            Some(user) => user_tokens_key(user),
-            None => set("utoks"),
+            Some(user) => USER_TOKENS.index_key(user),
+            None => set(USER_TOKENS.all),
         };
         let mut tokens: Vec<UserToken> = self.all("utok", "user token", index).await?;
         tokens.retain(|t| filter.matches(t));
@@ -326,26 +432,14 @@ impl Store for RedisStore {
     }
 
     async fn insert_user_token(&self, token: &UserToken, limit: usize) -> StoreResult<()> {
-        let mut c = self.conn().await?;
-        let done: i64 = self
-            .scripts
-            .insert_token
-            .key(key("user", &token.user_id))
-            .key(key("utok", &token.id))
-            .key(user_tokens_key(&token.user_id))
-            .key(set("utoks"))
-            .arg(encode(token)?)
-            .arg(&token.id)
-            .arg(limit)
-            .invoke_async(&mut c)
-            .await
-            .map_err(map_err)?;
-        match done {
-            1 => Ok(()),
-            -1 => Err(StoreError::NotFound),
-            -2 => Err(StoreError::Conflict),
-            _ => Err(StoreError::LimitReached(limit)),
-        }
+        self.insert_owned(
+            &USER_TOKENS,
+            &token.user_id,
+            &token.id,
+            encode(token)?,
+            limit,
+        )
+        .await
     }
 
     async fn update_user_token(&self, token: &UserToken) -> StoreResult<()> {
@@ -353,22 +447,43 @@ impl Store for RedisStore {
     }
 
     async fn delete_user_token(&self, id: &str) -> StoreResult<()> {
-        let mut c = self.conn().await?;
-        let done: i64 = self
-            .scripts
-            .delete_token
-            .key(key("utok", id))
-            .key(set("utoks"))
-            .arg(id)
-            .arg(PREFIX)
-            .invoke_async(&mut c)
+        self.delete_owned(&USER_TOKENS, id).await
+    }
+
+    async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
+        self.get(TICKETS.kind, "ticket", id).await
+    }
+
+    async fn tickets(&self, user: Option<&str>) -> StoreResult<Vec<Ticket>> {
+        let index = user.map_or_else(|| set(TICKETS.all), |u| TICKETS.index_key(u));
+        self.all(TICKETS.kind, "ticket", index).await
+    }
+
+    async fn insert_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
+        self.insert_owned(&TICKETS, &ticket.user_id, &ticket.id, encode(ticket)?, 0)
             .await
-            .map_err(map_err)?;
-        if done == 1 {
-            Ok(())
-        } else {
-            Err(StoreError::NotFound)
-        }
+    }
+
+    async fn update_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
+        self.update(TICKETS.kind, &ticket.id, encode(ticket)?).await
+    }
+
+    async fn app_token(&self, id: &str) -> StoreResult<Option<AppToken>> {
+        self.get(APP_TOKENS.kind, "app token", id).await
+    }
+
+    async fn app_tokens(&self, app_id: &str) -> StoreResult<Vec<AppToken>> {
+        self.all(APP_TOKENS.kind, "app token", APP_TOKENS.index_key(app_id))
+            .await
+    }
+
+    async fn insert_app_token(&self, token: &AppToken, limit: usize) -> StoreResult<()> {
+        self.insert_owned(&APP_TOKENS, &token.app_id, &token.id, encode(token)?, limit)
+            .await
+    }
+
+    async fn delete_app_token(&self, id: &str) -> StoreResult<()> {
+        self.delete_owned(&APP_TOKENS, id).await
     }
 
     async fn admin_key_hash(&self) -> StoreResult<Option<[u8; 32]>> {

@@ -8,7 +8,7 @@ use crate::credential::format::{self, TokenKind};
 use crate::error::AuthError;
 use crate::model::{Identity, Verified};
 
-use super::unavailable;
+use super::{active_owner, owners_app, unavailable};
 
 /// Verifies `token` for `app` (None: the route names no app).
 pub async fn verify(
@@ -30,22 +30,11 @@ pub async fn verify(
     if record.expires_at.is_some_and(|at| clock.now() >= at) {
         return Err(AuthError::TokenExpired);
     }
-    let user = match cache.user(&record.user_id).await.map_err(unavailable)? {
-        Cached::Found(user) if user.is_active() => user,
-        _ => return Err(AuthError::UserDisabled),
-    };
-    let app = match app {
-        None => None,
-        Some(app) => {
-            if !record.is_assigned(app) || !user.may_use(app) {
-                return Err(AuthError::AppNotAllowed);
-            }
-            match cache.app(app).await.map_err(unavailable)? {
-                Cached::Found(app) => Some(app),
-                Cached::Missing => return Err(AuthError::AppNotAllowed),
-            }
-        }
-    };
+    let user = active_owner(cache, &record.user_id).await?;
+    if app.is_some_and(|app| !record.is_assigned(app)) {
+        return Err(AuthError::AppNotAllowed);
+    }
+    let app = owners_app(cache, &user, app).await?;
     Ok(Identity {
         user,
         credential: Verified::UserToken(record),

@@ -1,0 +1,363 @@
+//! The endpoints tokengate answers itself on the proxy listener: `POST /_auth/authenticate`
+//! (JSON or form: a ticket and its cookie), `POST /_auth/signout`, and Quickbase's XML API
+//! forms `/db/main?a=API_Authenticate` and `API_SignOut` (GET, or POST with a `<qdbapi>`
+//! body). Pingora-free: a request's parts in, a [`Response`] out.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, StatusCode};
+use serde_json::json;
+
+use crate::credential::xml::XmlBody;
+use crate::credential::{self, CredentialNames};
+use crate::error::{self, AuthError};
+use crate::model::Ticket;
+use crate::tickets::{SignInError, Tickets};
+
+/// Which endpoint a request is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    Authenticate,
+    SignOut,
+    /// Under the prefix, but no such endpoint.
+    Unknown,
+    QbAuthenticate,
+    QbSignOut,
+}
+
+impl Endpoint {
+    /// Whether answering needs the request's body.
+    pub fn reads_body(self) -> bool {
+        !matches!(self, Self::Unknown)
+    }
+}
+
+/// The parts of a request an endpoint looks at.
+pub struct Request<'a> {
+    pub method: &'a Method,
+    pub query: Option<&'a str>,
+    pub headers: &'a HeaderMap,
+    pub body: &'a [u8],
+    pub xml: Option<&'a XmlBody>,
+    pub request_id: &'a str,
+}
+
+/// An answer: status, content type, extra headers, body.
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub content_type: &'static str,
+    pub headers: Vec<(&'static str, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    fn json(status: StatusCode, body: serde_json::Value) -> Self {
+        Self {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    fn xml(status: StatusCode, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            content_type: "application/xml",
+            headers: Vec::new(),
+            body,
+        }
+    }
+
+    /// The error of §4 as JSON, or as `<qdbapi>` for `action`.
+    pub fn error(error: AuthError, request_id: &str, action: Option<&str>) -> Self {
+        let mut r = match action {
+            Some(action) => Self::xml(error.status(), error.qdbapi_body(action, request_id)),
+            None => Self {
+                status: error.status(),
+                content_type: "application/json",
+                headers: Vec::new(),
+                body: error.json_body(request_id),
+            },
+        };
+        if let Some(challenge) = error.challenge() {
+            r.headers.push(("www-authenticate", challenge));
+        }
+        if let Some(secs) = error.retry_after() {
+            r.headers.push(("retry-after", secs.to_string()));
+        }
+        r
+    }
+}
+
+/// The Quickbase action a request names: `?a=API_…` or the `QUICKBASE-ACTION` header.
+pub fn qb_action<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<Cow<'a, str>> {
+    if let Some(v) = headers
+        .get("quickbase-action")
+        .and_then(|v| v.to_str().ok())
+    {
+        return Some(Cow::Borrowed(v.trim()));
+    }
+    query_param(query, "a").filter(|a| a.starts_with("API_"))
+}
+
+/// Whether a request is to Quickbase's XML API (so it is answered in `<qdbapi>`).
+pub fn is_qb_api(path: &str, query: Option<&str>, headers: &HeaderMap) -> bool {
+    (path == "/db" || path.starts_with("/db/")) && qb_action(query, headers).is_some()
+}
+
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
+    query?.split('&').find_map(|pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8_lossy())
+    })
+}
+
+pub struct Endpoints {
+    prefix: String,
+    tickets: Arc<Tickets>,
+    names: CredentialNames,
+}
+
+impl Endpoints {
+    pub fn new(prefix: &str, tickets: Arc<Tickets>, names: CredentialNames) -> Arc<Self> {
+        Arc::new(Self {
+            prefix: prefix.trim_end_matches('/').to_owned(),
+            tickets,
+            names,
+        })
+    }
+
+    /// The endpoint a request is for, if any.
+    pub fn route(&self, path: &str, query: Option<&str>, headers: &HeaderMap) -> Option<Endpoint> {
+        if let Some(rest) = path.strip_prefix(self.prefix.as_str()) {
+            return match rest {
+                "/authenticate" => Some(Endpoint::Authenticate),
+                "/signout" => Some(Endpoint::SignOut),
+                r if r.is_empty() || r.starts_with('/') => Some(Endpoint::Unknown),
+                _ => None,
+            };
+        }
+        if path.trim_end_matches('/') == "/db/main" {
+            return match qb_action(query, headers).as_deref() {
+                Some(a) if a.eq_ignore_ascii_case("API_Authenticate") => {
+                    Some(Endpoint::QbAuthenticate)
+                }
+                Some(a) if a.eq_ignore_ascii_case("API_SignOut") => Some(Endpoint::QbSignOut),
+                _ => None,
+            };
+        }
+        None
+    }
+
+    pub async fn handle(&self, endpoint: Endpoint, req: &Request<'_>) -> Response {
+        match endpoint {
+            Endpoint::Authenticate => self.authenticate(req).await,
+            Endpoint::SignOut => self.sign_out(req, None).await,
+            Endpoint::QbAuthenticate => self.qb_authenticate(req).await,
+            Endpoint::QbSignOut => self.sign_out(req, Some("API_SignOut")).await,
+            Endpoint::Unknown => Response::error(AuthError::NoRoute, req.request_id, None),
+        }
+    }
+
+    fn cookie(&self, ticket: &str, max_age: i64) -> String {
+        format!(
+            "{}={ticket}; Path=/; Max-Age={max_age}; HttpOnly; Secure; SameSite=Lax",
+            self.names.ticket_cookie
+        )
+    }
+
+    fn ticket_cookie(&self, ticket: &Ticket, token: &str) -> String {
+        let secs = (ticket.expires_at - ticket.issued_at).num_seconds();
+        self.cookie(token, secs)
+    }
+
+    async fn authenticate(&self, req: &Request<'_>) -> Response {
+        if req.method != Method::POST {
+            return Response::json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "message": "use POST", "request_id": req.request_id}),
+            );
+        }
+        let form = match read_form(req) {
+            Ok(f) => f,
+            Err(message) => return invalid(req.request_id, "body", &message),
+        };
+        let field = |name: &str| {
+            form.iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        let (Some(username), Some(password)) = (field("username"), field("password")) else {
+            let missing = if field("username").is_none() {
+                "username"
+            } else {
+                "password"
+            };
+            return invalid(req.request_id, missing, &format!("{missing} is required"));
+        };
+        let hours = match self.tickets.hours(field("hours")) {
+            Ok(h) => h,
+            Err(SignInError::Invalid(f, why)) => return invalid(req.request_id, f, &why),
+            Err(_) => return Response::error(AuthError::AuthUnavailable, req.request_id, None),
+        };
+        match self.tickets.sign_in(username, password, hours).await {
+            Ok((ticket, token)) => {
+                let mut r = Response::json(
+                    StatusCode::OK,
+                    json!({"ticket": token, "user_id": ticket.user_id, "expires_at": ticket.expires_at}),
+                );
+                r.headers
+                    .push(("set-cookie", self.ticket_cookie(&ticket, &token)));
+                r
+            }
+            Err(e) => self.sign_in_error(e, req.request_id, None),
+        }
+    }
+
+    fn sign_in_error(&self, e: SignInError, request_id: &str, action: Option<&str>) -> Response {
+        match (e, action) {
+            (SignInError::Invalid(field, why), None) => invalid(request_id, field, &why),
+            (SignInError::Invalid(_, why), Some(action)) => Response::xml(
+                StatusCode::BAD_REQUEST,
+                error::qdbapi(action, 2, &why, &[("request_id", request_id)]),
+            ),
+            (SignInError::Refused, None) => {
+                let mut r = Response::error(AuthError::InvalidToken, request_id, None);
+                r.body = json!({"error": "invalid_token", "message": "unknown username or wrong password", "request_id": request_id})
+                    .to_string()
+                    .into_bytes();
+                r
+            }
+            (SignInError::Refused, Some(action)) => {
+                let mut r = Response::xml(
+                    StatusCode::UNAUTHORIZED,
+                    error::qdbapi(
+                        action,
+                        20,
+                        "Unknown username/password.",
+                        &[("request_id", request_id)],
+                    ),
+                );
+                r.headers
+                    .push(("www-authenticate", r#"Bearer realm="tokengate""#.to_owned()));
+                r
+            }
+            (SignInError::Unavailable, action) => {
+                Response::error(AuthError::AuthUnavailable, request_id, action)
+            }
+        }
+    }
+
+    async fn qb_authenticate(&self, req: &Request<'_>) -> Response {
+        const ACTION: &str = "API_Authenticate";
+        let param = |name: &str| -> Option<String> {
+            query_param(req.query, name)
+                .map(Cow::into_owned)
+                .or_else(|| req.xml.and_then(|x| x.get(name).next()).map(str::to_owned))
+        };
+        let (Some(username), Some(password)) = (param("username"), param("password")) else {
+            return Response::xml(
+                StatusCode::UNAUTHORIZED,
+                error::qdbapi(
+                    ACTION,
+                    22,
+                    "Sign in required: username and password.",
+                    &[("request_id", req.request_id)],
+                ),
+            );
+        };
+        let hours = match self.tickets.hours(param("hours").as_deref()) {
+            Ok(h) => h,
+            Err(e) => return self.sign_in_error(e, req.request_id, Some(ACTION)),
+        };
+        match self.tickets.sign_in(&username, &password, hours).await {
+            Ok((ticket, token)) => {
+                let mut r = Response::xml(
+                    StatusCode::OK,
+                    error::qdbapi(
+                        ACTION,
+                        0,
+                        "No error",
+                        &[("ticket", &token), ("userid", &ticket.user_id)],
+                    ),
+                );
+                r.headers
+                    .push(("set-cookie", self.ticket_cookie(&ticket, &token)));
+                r
+            }
+            Err(e) => self.sign_in_error(e, req.request_id, Some(ACTION)),
+        }
+    }
+
+    async fn sign_out(&self, req: &Request<'_>, action: Option<&str>) -> Response {
+        let mut found = match credential::extract(req.headers, req.query, &self.names) {
+            Ok(f) => f,
+            Err(_) => {
+                return Response::error(AuthError::AmbiguousCredentials, req.request_id, action);
+            }
+        };
+        if let Some(xml) = req.xml {
+            for t in xml.get("ticket") {
+                if found.offer(credential::Slot::Ticket, t.into()).is_err() {
+                    return Response::error(
+                        AuthError::AmbiguousCredentials,
+                        req.request_id,
+                        action,
+                    );
+                }
+            }
+        }
+        let Some(ticket) = found.ticket.as_deref() else {
+            return Response::error(AuthError::MissingCredentials, req.request_id, action);
+        };
+        if let Err(e) = self.tickets.sign_out(ticket).await {
+            return Response::error(e, req.request_id, action);
+        }
+        let mut r = match action {
+            Some(action) => {
+                Response::xml(StatusCode::OK, error::qdbapi(action, 0, "No error", &[]))
+            }
+            None => Response::json(StatusCode::OK, json!({"signed_out": true})),
+        };
+        r.headers.push(("set-cookie", self.cookie("", 0)));
+        r
+    }
+}
+
+fn invalid(request_id: &str, field: &str, message: &str) -> Response {
+    Response::json(
+        StatusCode::BAD_REQUEST,
+        json!({"error": "invalid_request", "field": field, "message": message, "request_id": request_id}),
+    )
+}
+
+/// The name/value pairs of a JSON object or a form body.
+fn read_form(req: &Request<'_>) -> Result<Vec<(String, String)>, String> {
+    let content_type = req
+        .headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    // curl -d sends JSON as a form: a body that opens like a JSON object is read as one.
+    let looks_json = req.body.trim_ascii_start().starts_with(b"{");
+    if content_type.starts_with("application/x-www-form-urlencoded") && !looks_json {
+        return serde_urlencoded::from_bytes(req.body).map_err(|e| format!("bad form body: {e}"));
+    }
+    let value: serde_json::Value =
+        serde_json::from_slice(req.body).map_err(|e| format!("expected a JSON object: {e}"))?;
+    let obj = value.as_object().ok_or("expected a JSON object")?;
+    Ok(obj
+        .iter()
+        .filter_map(|(k, v)| {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Number(n) => n.to_string(),
+                _ => return None,
+            };
+            Some((k.clone(), v))
+        })
+        .collect())
+}
