@@ -126,7 +126,11 @@ impl Engine {
     async fn decide_inner(&self, req: RequestParts<'_>) -> Result<Admission, Denial> {
         let (index, route, path_app) = self
             .routes
-            .find(req.method, req.path)
+            .find(
+                req.method,
+                req.path,
+                crate::endpoints::qb_action(req.query, req.headers).as_deref(),
+            )
             .ok_or(AuthError::NoRoute)?;
         let admit = |identity, credentials| Admission {
             route: index,

@@ -114,6 +114,8 @@ pub struct Route {
     pub path: String,
     pub pattern: PathPattern,
     pub methods: Option<Vec<Method>>,
+    /// Quickbase actions (`?a=` or `QUICKBASE-ACTION`) this route is for, any case.
+    pub actions: Option<Vec<String>>,
     /// A fixed app: a sidecar in front of one app.
     pub app: Option<String>,
     /// A header naming the app, e.g. `X-Knack-Application-Id`.
@@ -140,6 +142,12 @@ pub enum AppTarget<'r> {
 impl Route {
     fn matches_method(&self, method: &Method) -> bool {
         self.methods.as_ref().is_none_or(|ms| ms.contains(method))
+    }
+
+    fn matches_action(&self, action: Option<&str>) -> bool {
+        self.actions.as_ref().is_none_or(|actions| {
+            action.is_some_and(|a| actions.iter().any(|x| x.eq_ignore_ascii_case(a)))
+        })
     }
 
     /// The app this request targets on this route.
@@ -206,13 +214,15 @@ impl Routes {
 
     /// The first route that matches (its index and itself), with the `{app}` segment if its
     /// pattern has one.
+    /// `action` is the request's Quickbase action, if it names one.
     pub fn find<'r, 'p>(
         &'r self,
         method: &Method,
         path: &'p str,
+        action: Option<&str>,
     ) -> Option<(usize, &'r Route, Option<&'p str>)> {
         self.routes.iter().enumerate().find_map(|(i, r)| {
-            if !r.matches_method(method) {
+            if !r.matches_method(method) || !r.matches_action(action) {
                 return None;
             }
             r.pattern.matches(path).map(|app| (i, r, app))
@@ -240,6 +250,13 @@ impl Routes {
                         (Some(_), None) => false,
                         (Some(e), Some(l)) => l.iter().all(|m| e.contains(m)),
                     }
+                    && match (&earlier.actions, &later.actions) {
+                        (None, _) => true,
+                        (Some(_), None) => false,
+                        (Some(e), Some(l)) => l
+                            .iter()
+                            .all(|a| e.iter().any(|x| x.eq_ignore_ascii_case(a))),
+                    }
             });
             if let Some(j) = shadow {
                 problems.push(format!(
@@ -261,6 +278,7 @@ mod tests {
             path: path.into(),
             pattern: PathPattern::parse(path).unwrap(),
             methods: None,
+            actions: None,
             app: None,
             app_header: None,
             auth: AuthMode::Required,
@@ -295,11 +313,11 @@ mod tests {
         let mut post = route("/db/main");
         post.methods = Some(vec![Method::POST]);
         let routes = Routes::new(vec![post, route("/db/{app}")]);
-        let (_, r, app) = routes.find(&Method::POST, "/db/main").unwrap();
+        let (_, r, app) = routes.find(&Method::POST, "/db/main", None).unwrap();
         assert_eq!((r.path.as_str(), app), ("/db/main", None));
-        let (_, r, app) = routes.find(&Method::GET, "/db/main").unwrap();
+        let (_, r, app) = routes.find(&Method::GET, "/db/main", None).unwrap();
         assert_eq!((r.path.as_str(), app), ("/db/{app}", Some("main")));
-        assert!(routes.find(&Method::GET, "/elsewhere").is_none());
+        assert!(routes.find(&Method::GET, "/elsewhere", None).is_none());
         assert!(routes.problems().is_empty());
     }
 

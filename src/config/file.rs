@@ -187,6 +187,8 @@ impl Default for Headers {
 pub struct Route {
     pub path: String,
     pub methods: Option<Vec<String>>,
+    /// Quickbase actions (`?a=API_…` or the `QUICKBASE-ACTION` header) the route is for.
+    pub actions: Option<Vec<String>>,
     pub app: Option<String>,
     pub app_header: Option<String>,
     #[serde(default = "default_auth")]

@@ -412,6 +412,11 @@ fn compile_route(raw: file::Route, at: &str, problems: &mut Vec<String>) -> Opti
             )
             .collect::<Vec<_>>()
     });
+    if raw.actions.as_ref().is_some_and(Vec::is_empty) {
+        problems.push(format!(
+            "{at}.actions is empty, so the route can never match"
+        ));
+    }
     if methods.as_ref().is_some_and(Vec::is_empty) {
         problems.push(format!(
             "{at}.methods is empty, so the route can never match"
@@ -469,6 +474,7 @@ fn compile_route(raw: file::Route, at: &str, problems: &mut Vec<String>) -> Opti
         path: raw.path,
         pattern: pattern?,
         methods,
+        actions: raw.actions,
         app: raw.app,
         app_header,
         auth,

@@ -22,14 +22,17 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until something accepts connections on `port` (a readiness probe, bounded).
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: Option<&std::path::Path>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
             return;
         }
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited before it listened: {status}");
+            let log = log
+                .and_then(|l| std::fs::read_to_string(l).ok())
+                .unwrap_or_default();
+            panic!("{what} exited before it listened: {status}\n{log}");
         }
         assert!(Instant::now() < deadline, "{what} did not listen on {port}");
         thread::yield_now();
@@ -65,7 +68,7 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        wait_for_port(port, &mut child, "redis-server");
+        wait_for_port(port, &mut child, "redis-server", None);
         Self {
             port,
             child,
@@ -354,8 +357,9 @@ impl Tokengate {
             .stderr(log)
             .spawn()
             .unwrap();
-        wait_for_port(admin_port, &mut child, "tokengate admin");
-        wait_for_port(port, &mut child, "tokengate proxy");
+        let log = dir.path().join("tokengate.log");
+        wait_for_port(admin_port, &mut child, "tokengate admin", Some(&log));
+        wait_for_port(port, &mut child, "tokengate proxy", Some(&log));
         child
     }
 
