@@ -2,6 +2,7 @@
 //! It knows nothing of Pingora: the proxy is one user of it; a forward-auth endpoint or a tower
 //! layer are others. Every decision is counted here, so each shape reports the same metrics.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,7 @@ use crate::clock::Clock;
 use crate::credential::xml::XmlBody;
 use crate::credential::{self, CredentialKind, CredentialNames, Slot, Sources};
 use crate::error::AuthError;
+use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::model::Identity;
 use crate::policy::{AppTarget, AuthMode, Routes};
@@ -26,6 +28,8 @@ pub struct RequestParts<'a> {
     pub headers: &'a HeaderMap,
     /// The XML body's elements, when the body was read (the proxy reads XML bodies).
     pub xml: Option<&'a XmlBody>,
+    /// The client's address, for `limits.failures_per_minute`.
+    pub client: Option<IpAddr>,
 }
 
 /// A request that may pass.
@@ -63,6 +67,7 @@ pub struct Engine {
     cache: Cache,
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
+    failures: FailureLimiter,
 }
 
 impl Engine {
@@ -72,6 +77,7 @@ impl Engine {
         cache: Cache,
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
+        failures: FailureLimiter,
     ) -> Self {
         Self {
             routes,
@@ -79,7 +85,13 @@ impl Engine {
             cache,
             clock,
             metrics,
+            failures,
         }
+    }
+
+    /// Failed credentials per client address.
+    pub fn failures(&self) -> &FailureLimiter {
+        &self.failures
     }
 
     pub fn routes(&self) -> &Routes {
@@ -110,7 +122,20 @@ impl Engine {
     /// Decides one request, and counts the decision.
     pub async fn decide(&self, req: RequestParts<'_>) -> Result<Admission, Denial> {
         let started = Instant::now();
-        let out = self.decide_inner(req).await;
+        let out = if self.failures.is_blocked(req.client) {
+            Err(AuthError::TooManyFailures.into())
+        } else {
+            match self.decide_inner(req).await {
+                // Past the limit, a failure is answered 429 (and so is all else, for a while).
+                Err(d) if d.error.is_credential_failure() && self.failures.record(req.client) => {
+                    Err(Denial {
+                        error: AuthError::TooManyFailures,
+                        method: d.method,
+                    })
+                }
+                out => out,
+            }
+        };
         self.metrics
             .auth_duration
             .observe(started.elapsed().as_secs_f64());

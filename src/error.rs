@@ -113,6 +113,19 @@ impl AuthError {
         }
     }
 
+    /// A credential that was presented and failed: what `limits.failures_per_minute` counts.
+    pub const fn is_credential_failure(self) -> bool {
+        matches!(
+            self,
+            Self::InvalidToken
+                | Self::TokenExpired
+                | Self::TokenInactive
+                | Self::TokenRevoked
+                | Self::UserDisabled
+                | Self::InvalidAppToken
+        )
+    }
+
     /// `deny` for a decision about the credential, `error` when tokengate couldn't decide.
     pub const fn outcome(self) -> &'static str {
         match self {

@@ -20,6 +20,7 @@ use crate::echo::EchoService;
 use crate::endpoints::Endpoints;
 use crate::engine::Engine;
 use crate::headers::IdentityHeaders;
+use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamTarget};
 use crate::store::SharedStore;
@@ -75,6 +76,7 @@ pub fn build(
         cache,
         clock,
         metrics.clone(),
+        FailureLimiter::new(config.limits.failures_per_minute),
     ));
     Ok(Parts {
         engine,

@@ -2,6 +2,7 @@
 //! the admin API). Used by the `/_auth` endpoints, the Quickbase XML API forms and the admin
 //! API alike.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use chrono::Duration;
@@ -20,6 +21,8 @@ pub enum SignInError {
     Invalid(&'static str, String),
     /// Unknown user, wrong password, no password, or a disabled user: one answer for all.
     Refused,
+    /// Too many failed attempts from this client.
+    TooManyFailures,
     Unavailable,
 }
 
@@ -60,7 +63,27 @@ impl Tickets {
     }
 
     /// Checks the name (email or id) and password, and issues a ticket valid for `hours`.
+    /// A wrong password counts as a failed attempt of `client`.
     pub async fn sign_in(
+        &self,
+        username: &str,
+        password: &str,
+        hours: u32,
+        client: Option<IpAddr>,
+    ) -> Result<(Ticket, String), SignInError> {
+        let failures = self.engine.failures();
+        if failures.is_blocked(client) {
+            return Err(SignInError::TooManyFailures);
+        }
+        match self.check_and_issue(username, password, hours).await {
+            Err(SignInError::Refused) if failures.record(client) => {
+                Err(SignInError::TooManyFailures)
+            }
+            other => other,
+        }
+    }
+
+    async fn check_and_issue(
         &self,
         username: &str,
         password: &str,

@@ -128,6 +128,7 @@ async fn decide(engine: &Engine, token: &str) -> Result<(), AuthError> {
         query: None,
         headers: &h,
         xml: None,
+        client: None,
     };
     engine.decide(parts).await.map(|_| ()).map_err(|d| d.error)
 }

@@ -828,3 +828,101 @@ fn redis_down_is_auth_unavailable_never_a_guess() {
         r.text()
     );
 }
+
+#[test]
+fn too_many_failed_credentials_from_one_client_is_429() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "[limits]\nfailures_per_minute = 3\n",
+    );
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin("POST", "/v1/users", Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"], "password": "a long password"})));
+    let good = tg
+        .admin(
+            "POST",
+            "/v1/users/al/tokens",
+            Some(json!({"name": "t", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let bad = qb(&format!("tgu_{}", "a".repeat(68)));
+    assert_eq!(
+        tg.get("/db/bq1", &[]).error(),
+        "missing_credentials",
+        "no credential is no failed credential"
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            tg.get("/db/bq1", &[("authorization", &bad)]).error(),
+            "invalid_token"
+        );
+    }
+    let r = tg.get("/db/bq1", &[("authorization", &bad)]);
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (429, "too_many_failures"),
+        "{}",
+        r.text()
+    );
+    assert!(r.header("retry-after").is_some());
+    let r = tg.get("/db/bq1", &[("authorization", &qb(&good))]);
+    assert_eq!(
+        r.status, 429,
+        "the client is held off for the rest of its minute"
+    );
+    let r = http(
+        tg.port,
+        "POST",
+        "/_auth/authenticate",
+        &[("content-type", "application/json")],
+        Some(br#"{"username": "al", "password": "a long password"}"#),
+    );
+    assert_eq!(r.status, 429, "sign-in too: {}", r.text());
+}
+
+#[test]
+fn a_wrong_password_counts_as_a_failed_attempt() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "[limits]\nfailures_per_minute = 2\n",
+    );
+    tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "password": "a long password"})),
+    );
+    let sign_in = |password: &str| {
+        let body = json!({"username": "al", "password": password}).to_string();
+        http(
+            tg.port,
+            "POST",
+            "/_auth/authenticate",
+            &[("content-type", "application/json")],
+            Some(body.as_bytes()),
+        )
+    };
+    assert_eq!(sign_in("wrong one").status, 401);
+    assert_eq!(sign_in("wrong two").status, 401);
+    let r = sign_in("wrong three");
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (429, "too_many_failures"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(
+        sign_in("a long password").status,
+        429,
+        "held off even with the right password"
+    );
+    let r = tg.get("/db/main?a=API_Authenticate&username=al&password=x", &[]);
+    assert!(r.text().contains("<errcode>77</errcode>"), "{}", r.text());
+}

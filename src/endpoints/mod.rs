@@ -41,6 +41,7 @@ pub struct Request<'a> {
     pub body: &'a [u8],
     pub xml: Option<&'a XmlBody>,
     pub request_id: &'a str,
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// An answer: status, content type, extra headers, body.
@@ -203,7 +204,11 @@ impl Endpoints {
             Err(SignInError::Invalid(f, why)) => return invalid(req.request_id, f, &why),
             Err(_) => return Response::error(AuthError::AuthUnavailable, req.request_id, None),
         };
-        match self.tickets.sign_in(username, password, hours).await {
+        match self
+            .tickets
+            .sign_in(username, password, hours, req.client)
+            .await
+        {
             Ok((ticket, token)) => {
                 let mut r = Response::json(
                     StatusCode::OK,
@@ -245,6 +250,9 @@ impl Endpoints {
                     .push(("www-authenticate", r#"Bearer realm="tokengate""#.to_owned()));
                 r
             }
+            (SignInError::TooManyFailures, action) => {
+                Response::error(AuthError::TooManyFailures, request_id, action)
+            }
             (SignInError::Unavailable, action) => {
                 Response::error(AuthError::AuthUnavailable, request_id, action)
             }
@@ -273,7 +281,11 @@ impl Endpoints {
             Ok(h) => h,
             Err(e) => return self.sign_in_error(e, req.request_id, Some(ACTION)),
         };
-        match self.tickets.sign_in(&username, &password, hours).await {
+        match self
+            .tickets
+            .sign_in(&username, &password, hours, req.client)
+            .await
+        {
             Ok((ticket, token)) => {
                 let mut r = Response::xml(
                     StatusCode::OK,

@@ -150,6 +150,13 @@ fn content_length(session: &Session) -> Option<u64> {
         .and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
+fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+    match session.client_addr()? {
+        pingora::protocols::l4::socket::SocketAddr::Inet(addr) => Some(addr.ip()),
+        _ => None,
+    }
+}
+
 fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(http::header::CONTENT_TYPE)
@@ -264,6 +271,7 @@ impl ProxyHttp for Proxy {
                 body: &body,
                 xml: parsed.as_ref(),
                 request_id: &id,
+                client: client_ip(session),
             };
             let answer = self.endpoints.handle(endpoint, &request).await;
             respond(session, answer, &ctx.request_id).await;
@@ -276,6 +284,7 @@ impl ProxyHttp for Proxy {
             query: req.uri.query(),
             headers: &req.headers,
             xml: parsed.as_ref(),
+            client: client_ip(session),
         };
         match self.engine.decide(parts).await {
             Ok(admission) => {
