@@ -15,8 +15,9 @@ use crate::credential::{self, CredentialKind, CredentialNames, Slot, Sources};
 use crate::error::AuthError;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
-use crate::model::Identity;
+use crate::model::{Identity, Verified};
 use crate::policy::{AppTarget, AuthMode, Routes};
+use crate::usage::{Recorder, UsageKind};
 use crate::verify;
 
 /// The parts of a request a decision looks at, borrowed.
@@ -68,6 +69,7 @@ pub struct Engine {
     clock: Arc<dyn Clock>,
     metrics: Arc<Metrics>,
     failures: FailureLimiter,
+    usage: Arc<Recorder>,
 }
 
 impl Engine {
@@ -78,6 +80,7 @@ impl Engine {
         clock: Arc<dyn Clock>,
         metrics: Arc<Metrics>,
         failures: FailureLimiter,
+        usage: Arc<Recorder>,
     ) -> Self {
         Self {
             routes,
@@ -86,7 +89,13 @@ impl Engine {
             clock,
             metrics,
             failures,
+            usage,
         }
+    }
+
+    /// Last-use records, written behind.
+    pub fn usage(&self) -> &Arc<Recorder> {
+        &self.usage
     }
 
     /// Failed credentials per client address.
@@ -218,6 +227,11 @@ impl Engine {
                 .map_err(deny)?;
         }
         route.admits(&identity).map_err(deny)?;
+        let now = self.clock.now();
+        match &identity.credential {
+            Verified::UserToken(t) => self.usage.touch(&t.used, UsageKind::UserToken, &t.id, now),
+            Verified::Ticket(t) => self.usage.touch(&t.used, UsageKind::Ticket, &t.id, now),
+        }
         Ok(admit(Some(identity), found.sources))
     }
 }

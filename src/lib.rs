@@ -34,4 +34,5 @@ pub mod proxy;
 pub mod server;
 pub mod store;
 pub mod tickets;
+pub mod usage;
 pub mod verify;

@@ -6,6 +6,8 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::usage::UseMark;
+
 /// A person or a service account.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct User {
@@ -83,6 +85,9 @@ pub struct UserToken {
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub last_used_at: Option<DateTime<Utc>>,
+    /// When this cached copy last reported a use (not stored).
+    #[serde(skip)]
+    pub used: UseMark,
 }
 
 impl UserToken {
@@ -106,6 +111,9 @@ pub struct Ticket {
     /// Set by sign-out or the admin API: the ticket is refused as `token_revoked`.
     #[serde(default)]
     pub revoked_at: Option<DateTime<Utc>>,
+    /// When this cached copy last reported a use (not stored).
+    #[serde(skip)]
+    pub used: UseMark,
 }
 
 /// A per-app secret: the second factor a ticket needs where the app has `require_app_token`.

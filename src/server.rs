@@ -28,6 +28,7 @@ use crate::store::embedded::EmbeddedStore;
 use crate::store::instrumented::Instrumented;
 use crate::store::redis::RedisStore;
 use crate::tickets::Tickets;
+use crate::usage::Recorder;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -77,6 +78,7 @@ pub fn build(
         clock,
         metrics.clone(),
         FailureLimiter::new(config.limits.failures_per_minute),
+        Recorder::new(store.clone()),
     ));
     Ok(Parts {
         engine,
@@ -182,6 +184,10 @@ pub fn run(
     if let Some(l) = echo {
         server.add_service(background_service("echo upstream", EchoService::new(l)));
     }
+    server.add_service(background_service(
+        "usage flusher",
+        UsageFlusher(parts.engine.usage().clone()),
+    ));
 
     banner(&config, &upstream);
     match shutdown {
@@ -223,4 +229,16 @@ fn banner(config: &Config, upstream: &UpstreamTarget) {
         upstream,
         config.routes.iter().count()
     );
+}
+
+/// Writes last uses behind the request path, once a second (so an admin sees them within 5 s).
+struct UsageFlusher(Arc<Recorder>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for UsageFlusher {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        self.0
+            .run(std::time::Duration::from_secs(1), shutdown)
+            .await;
+    }
 }

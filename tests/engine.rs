@@ -94,6 +94,7 @@ async fn world(redis: bool, expires_at: Option<DateTime<Utc>>) -> World {
                 user_type: None,
                 created_at: t0(),
                 last_used_at: None,
+                used: Default::default(),
             },
             100,
         )
@@ -271,4 +272,46 @@ async fn an_admin_change_is_seen_at_once() {
         decide(&w.engine, &w.token).await,
         Err(AuthError::UserDisabled)
     );
+}
+
+async fn a_burst_writes_nothing_until_the_flush(redis: bool) {
+    let w = world(redis, None).await;
+    decide(&w.engine, &w.token).await.unwrap();
+    let before = w.metrics.store_requests_total();
+    for _ in 0..500 {
+        decide(&w.engine, &w.token).await.unwrap();
+    }
+    assert_eq!(
+        w.metrics.store_requests_total(),
+        before,
+        "500 uses, no store write yet"
+    );
+    w.engine.usage().flush().await;
+    assert_eq!(
+        w.metrics.store_requests_total() - before,
+        1,
+        "one batched write"
+    );
+    let stored = w.store.user_token(&w.token_id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.last_used_at,
+        Some(t0()),
+        "the flush landed, with the clock's time"
+    );
+    w.engine.usage().flush().await;
+    assert_eq!(
+        w.metrics.store_requests_total() - before,
+        2,
+        "the read above, then nothing new: no write"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_writes_nothing_until_the_flush_embedded() {
+    a_burst_writes_nothing_until_the_flush(false).await;
+}
+
+#[tokio::test]
+async fn a_burst_writes_nothing_until_the_flush_redis() {
+    a_burst_writes_nothing_until_the_flush(true).await;
 }

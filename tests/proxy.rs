@@ -926,3 +926,60 @@ fn a_wrong_password_counts_as_a_failed_attempt() {
     let r = tg.get("/db/main?a=API_Authenticate&username=al&password=x", &[]);
     assert!(r.text().contains("<errcode>77</errcode>"), "{}", r.text());
 }
+
+#[test]
+fn last_use_is_visible_to_the_admin_within_five_seconds() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "",
+    );
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin("POST", "/v1/users", Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"], "password": "a long password"})));
+    let r = tg.admin(
+        "POST",
+        "/v1/users/al/tokens",
+        Some(json!({"name": "t", "apps": ["bq1"]})),
+    );
+    let (token, id) = (
+        r.json()["token"].as_str().unwrap().to_owned(),
+        r.json()["id"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(r.json()["last_used_at"], json!(null));
+    let body = br#"{"username": "al", "password": "a long password"}"#;
+    let ticket = http(
+        tg.port,
+        "POST",
+        "/_auth/authenticate",
+        &[("content-type", "application/json")],
+        Some(body),
+    )
+    .json()["ticket"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let used_at = std::time::Instant::now();
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&token))]).status,
+        200
+    );
+    assert_eq!(tg.get(&format!("/db/bq1?ticket={ticket}"), &[]).status, 200);
+    let deadline = used_at + std::time::Duration::from_secs(5);
+    loop {
+        let token_seen =
+            tg.admin("GET", &format!("/v1/tokens/{id}"), None).json()["last_used_at"].is_string();
+        let sessions = tg.admin("GET", "/v1/sessions?user=al", None).json();
+        let ticket_seen =
+            sessions["items"][0]["last_active_at"] != sessions["items"][0]["issued_at"];
+        if token_seen && ticket_seen {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "last use not visible within 5 s: {sessions}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

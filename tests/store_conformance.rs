@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{RedisServer, free_port};
-use tokengate::model::{App, User, UserStatus, UserToken};
+use tokengate::model::{App, AppToken, Ticket, User, UserStatus, UserToken};
 use tokengate::store::embedded::EmbeddedStore;
 use tokengate::store::redis::RedisStore;
 use tokengate::store::{Store, StoreError, StoreResult, TokenFilter};
+use tokengate::usage::{Usage, UsageKind};
 
 /// Asserts that `result` is an `Err` matching `pattern`, naming the backend and the case.
 macro_rules! assert_err {
@@ -91,6 +92,7 @@ fn token(id: &str, user_id: &str, apps: &[&str], active: bool) -> UserToken {
         user_type: None,
         created_at: at(1_700_000_200),
         last_used_at: None,
+        used: Default::default(),
     }
 }
 
@@ -108,6 +110,310 @@ async fn conformance(store: &dyn Store) {
     apps(store).await;
     user_tokens(store).await;
     delete_user(store).await;
+    tickets(store).await;
+    app_tokens(store).await;
+    usage(store).await;
+}
+
+fn ticket(id: &str, user_id: &str) -> Ticket {
+    Ticket {
+        id: id.to_owned(),
+        secret_hash: [9u8; 32],
+        user_id: user_id.to_owned(),
+        issued_at: at(1_700_001_000),
+        expires_at: at(1_700_044_200),
+        last_active_at: None,
+        revoked_at: None,
+        used: Default::default(),
+    }
+}
+
+async fn tickets(store: &dyn Store) {
+    let b = store.backend();
+    ok(
+        store,
+        store.insert_user(&user("t-tom")).await,
+        "insert t-tom",
+    );
+    ok(
+        store,
+        store.insert_user(&user("t-una")).await,
+        "insert t-una",
+    );
+    assert_err!(
+        store,
+        store.insert_ticket(&ticket("tk-x", "t-nobody")).await,
+        StoreError::NotFound,
+        "ticket of an unknown user"
+    );
+    assert_eq!(
+        ok(store, store.ticket("tk-x").await, "get refused"),
+        None,
+        "[{b}] nothing written"
+    );
+    let (t1, t2, t3) = (
+        ticket("tk-1", "t-tom"),
+        ticket("tk-2", "t-tom"),
+        ticket("tk-3", "t-una"),
+    );
+    for t in [&t2, &t1, &t3] {
+        ok(store, store.insert_ticket(t).await, "insert ticket");
+    }
+    assert_err!(
+        store,
+        store.insert_ticket(&t1).await,
+        StoreError::Conflict,
+        "duplicate ticket"
+    );
+    assert_eq!(
+        ok(store, store.ticket("tk-1").await, "get"),
+        Some(t1.clone()),
+        "[{b}] round trip"
+    );
+    let listed: Vec<String> = ok(store, store.tickets(Some("t-tom")).await, "list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(listed, ["tk-1", "tk-2"], "[{b}] one user's tickets, sorted");
+    assert_eq!(
+        ok(store, store.tickets(None).await, "all").len(),
+        3,
+        "[{b}] every ticket"
+    );
+    let mut revoked = t1.clone();
+    revoked.revoked_at = Some(at(1_700_002_000));
+    ok(store, store.update_ticket(&revoked).await, "revoke");
+    assert_eq!(
+        ok(store, store.ticket("tk-1").await, "get"),
+        Some(revoked),
+        "[{b}] update round trip"
+    );
+    assert_err!(
+        store,
+        store.update_ticket(&ticket("tk-none", "t-tom")).await,
+        StoreError::NotFound,
+        "update unknown ticket"
+    );
+    let deleted = ok(store, store.delete_user("t-tom").await, "delete t-tom");
+    let mut gone = deleted.tickets.clone();
+    gone.sort();
+    assert_eq!(
+        gone,
+        ["tk-1", "tk-2"],
+        "[{b}] deleting a user returns its tickets"
+    );
+    assert_eq!(
+        ok(store, store.ticket("tk-2").await, "get"),
+        None,
+        "[{b}] and deletes them"
+    );
+    assert_eq!(
+        ok(store, store.tickets(None).await, "all").len(),
+        1,
+        "[{b}] others stay"
+    );
+}
+
+fn app_token(id: &str, app_id: &str) -> AppToken {
+    AppToken {
+        id: id.to_owned(),
+        secret_hash: [5u8; 32],
+        app_id: app_id.to_owned(),
+        name: "web".to_owned(),
+        created_at: at(1_700_003_000),
+    }
+}
+
+async fn app_tokens(store: &dyn Store) {
+    let b = store.backend();
+    ok(store, store.insert_app(&app("at-app")).await, "insert app");
+    ok(
+        store,
+        store.insert_app(&app("at-other")).await,
+        "insert app",
+    );
+    assert_err!(
+        store,
+        store
+            .insert_app_token(&app_token("at-x", "at-nope"), 5)
+            .await,
+        StoreError::NotFound,
+        "unknown app"
+    );
+    ok(
+        store,
+        store
+            .insert_app_token(&app_token("at-2", "at-app"), 2)
+            .await,
+        "insert",
+    );
+    ok(
+        store,
+        store
+            .insert_app_token(&app_token("at-1", "at-app"), 2)
+            .await,
+        "insert",
+    );
+    assert_err!(
+        store,
+        store
+            .insert_app_token(&app_token("at-3", "at-app"), 2)
+            .await,
+        StoreError::LimitReached(2),
+        "the app's limit"
+    );
+    assert_eq!(
+        ok(store, store.app_token("at-3").await, "get refused"),
+        None,
+        "[{b}] nothing written past the limit"
+    );
+    assert_err!(
+        store,
+        store
+            .insert_app_token(&app_token("at-1", "at-other"), 5)
+            .await,
+        StoreError::Conflict,
+        "id taken"
+    );
+    ok(
+        store,
+        store
+            .insert_app_token(&app_token("at-o", "at-other"), 5)
+            .await,
+        "another app's",
+    );
+    assert_eq!(
+        ok(store, store.app_token("at-1").await, "get"),
+        Some(app_token("at-1", "at-app")),
+        "[{b}] round trip"
+    );
+    let listed: Vec<String> = ok(store, store.app_tokens("at-app").await, "list")
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(listed, ["at-1", "at-2"], "[{b}] an app's tokens, sorted");
+    ok(store, store.delete_app_token("at-2").await, "delete");
+    assert_err!(
+        store,
+        store.delete_app_token("at-2").await,
+        StoreError::NotFound,
+        "delete again"
+    );
+    assert_eq!(
+        ok(store, store.app_tokens("at-app").await, "list").len(),
+        1,
+        "[{b}] deleted from the list"
+    );
+    ok(
+        store,
+        store
+            .insert_app_token(&app_token("at-4", "at-app"), 2)
+            .await,
+        "room again after a delete",
+    );
+    let mut gone = ok(store, store.delete_app("at-app").await, "delete app");
+    gone.sort();
+    assert_eq!(
+        gone,
+        ["at-1", "at-4"],
+        "[{b}] deleting an app returns its app tokens"
+    );
+    assert_eq!(
+        ok(store, store.app_token("at-1").await, "get"),
+        None,
+        "[{b}] and deletes them"
+    );
+    assert!(
+        ok(store, store.app_token("at-o").await, "get").is_some(),
+        "[{b}] another app's stay"
+    );
+}
+
+async fn usage(store: &dyn Store) {
+    let b = store.backend();
+    ok(
+        store,
+        store.insert_user(&user("u-use")).await,
+        "insert user",
+    );
+    let t = token(&tid('u'), "u-use", &[], true);
+    ok(store, store.insert_user_token(&t, 10).await, "insert token");
+    ok(
+        store,
+        store.insert_ticket(&ticket("tk-use", "u-use")).await,
+        "insert ticket",
+    );
+    let used = |kind, id: &str, secs| Usage {
+        kind,
+        id: id.to_owned(),
+        at: at(secs),
+    };
+    ok(
+        store,
+        store
+            .record_usage(&[
+                used(UsageKind::UserToken, &t.id, 1_700_005_000),
+                used(UsageKind::Ticket, "tk-use", 1_700_005_001),
+            ])
+            .await,
+        "record",
+    );
+    assert_eq!(
+        ok(store, store.user_token(&t.id).await, "get")
+            .unwrap()
+            .last_used_at,
+        Some(at(1_700_005_000)),
+        "[{b}] last use on get"
+    );
+    assert_eq!(
+        ok(store, store.ticket("tk-use").await, "get")
+            .unwrap()
+            .last_active_at,
+        Some(at(1_700_005_001)),
+        "[{b}] ticket's last activity"
+    );
+    ok(
+        store,
+        store
+            .record_usage(&[used(UsageKind::UserToken, &t.id, 1_700_004_000)])
+            .await,
+        "record an older use",
+    );
+    let listed = ok(
+        store,
+        store
+            .user_tokens(&TokenFilter {
+                user: Some("u-use".into()),
+                ..TokenFilter::default()
+            })
+            .await,
+        "list",
+    );
+    assert_eq!(
+        listed[0].last_used_at,
+        Some(at(1_700_005_000)),
+        "[{b}] a later use is never replaced by an earlier one; lists show it"
+    );
+    ok(
+        store,
+        store
+            .record_usage(&[used(UsageKind::UserToken, "nosuchtoken", 1_700_005_000)])
+            .await,
+        "a deleted credential's use is dropped",
+    );
+    ok(store, store.delete_user_token(&t.id).await, "delete");
+    ok(
+        store,
+        store.insert_user_token(&t, 10).await,
+        "the same id again",
+    );
+    assert_eq!(
+        ok(store, store.user_token(&t.id).await, "get")
+            .unwrap()
+            .last_used_at,
+        None,
+        "[{b}] a deleted token's last use went with it"
+    );
 }
 
 async fn ping(store: &dyn Store) {

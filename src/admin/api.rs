@@ -670,6 +670,7 @@ async fn create_token(
         user_type: new.user_type,
         created_at: state.engine.clock().now(),
         last_used_at: None,
+        used: Default::default(),
     };
     state
         .store

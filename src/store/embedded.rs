@@ -13,6 +13,7 @@ use redb::{
 
 use super::{DeletedUser, Store, StoreError, StoreResult, TokenFilter, decode, encode};
 use crate::model::{App, AppToken, Ticket, User, UserToken};
+use crate::usage::{Usage, UsageKind, UsageRecord, usage_key};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const APPS: TableDefinition<&str, &[u8]> = TableDefinition::new("apps");
@@ -28,6 +29,8 @@ const APP_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("app_token
 /// app id -> ids of its app tokens.
 const APP_TOKENS_BY_APP: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("app_tokens_by_app");
+/// `utok:{id}` / `ticket:{id}` -> last use, in milliseconds since the epoch.
+const USAGE: TableDefinition<&str, i64> = TableDefinition::new("usage");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ADMIN_KEY_HASH: &str = "admin_key_hash";
 
@@ -61,6 +64,7 @@ impl EmbeddedStore {
             txn.open_table(APP_TOKENS).map_err(backend_error)?;
             txn.open_multimap_table(APP_TOKENS_BY_APP)
                 .map_err(backend_error)?;
+            txn.open_table(USAGE).map_err(backend_error)?;
             txn.open_table(META).map_err(backend_error)?;
         }
         txn.commit().map_err(backend_error)?;
@@ -164,6 +168,7 @@ fn remove_owned(
     index: Index,
     records: Records,
     owner: &str,
+    usage: Option<UsageKind>,
 ) -> StoreResult<Vec<String>> {
     let mut index = txn.open_multimap_table(index).map_err(backend_error)?;
     let mut ids = Vec::new();
@@ -171,8 +176,13 @@ fn remove_owned(
         ids.push(id.map_err(backend_error)?.value().to_owned());
     }
     let mut records = txn.open_table(records).map_err(backend_error)?;
+    let mut uses = txn.open_table(USAGE).map_err(backend_error)?;
     for id in &ids {
         records.remove(id.as_str()).map_err(backend_error)?;
+        if let Some(kind) = usage {
+            uses.remove(usage_key(kind, id).as_str())
+                .map_err(backend_error)?;
+        }
     }
     Ok(ids)
 }
@@ -205,6 +215,35 @@ fn insert_owned(
 }
 
 impl EmbeddedStore {
+    /// Fills in each record's last use.
+    async fn with_usage<T: UsageRecord + Send + 'static>(
+        &self,
+        mut items: Vec<T>,
+    ) -> StoreResult<Vec<T>> {
+        if items.is_empty() {
+            return Ok(items);
+        }
+        self.read(move |txn| {
+            let uses = txn.open_table(USAGE).map_err(backend_error)?;
+            for item in &mut items {
+                if let Some(ms) = uses.get(item.usage_key().as_str()).map_err(backend_error)?
+                    && let Some(at) = chrono::DateTime::from_timestamp_millis(ms.value())
+                {
+                    item.set_last_use(at);
+                }
+            }
+            Ok(items)
+        })
+        .await
+    }
+
+    async fn one_with_usage<T: UsageRecord + Send + 'static>(
+        &self,
+        item: Option<T>,
+    ) -> StoreResult<Option<T>> {
+        Ok(self.with_usage(item.into_iter().collect()).await?.pop())
+    }
+
     /// The records `owner` holds through `index`, sorted by id.
     async fn owned<T: serde::de::DeserializeOwned + Send + 'static>(
         &self,
@@ -272,8 +311,14 @@ impl Store for EmbeddedStore {
                 return Err(StoreError::NotFound);
             }
             Ok(DeletedUser {
-                user_tokens: remove_owned(txn, TOKENS_BY_USER, TOKENS, &id)?,
-                tickets: remove_owned(txn, TICKETS_BY_USER, TICKETS, &id)?,
+                user_tokens: remove_owned(
+                    txn,
+                    TOKENS_BY_USER,
+                    TOKENS,
+                    &id,
+                    Some(UsageKind::UserToken),
+                )?,
+                tickets: remove_owned(txn, TICKETS_BY_USER, TICKETS, &id, Some(UsageKind::Ticket))?,
             })
         })
         .await
@@ -302,13 +347,14 @@ impl Store for EmbeddedStore {
             if apps.remove(id.as_str()).map_err(backend_error)?.is_none() {
                 return Err(StoreError::NotFound);
             }
-            remove_owned(txn, APP_TOKENS_BY_APP, APP_TOKENS, &id)
+            remove_owned(txn, APP_TOKENS_BY_APP, APP_TOKENS, &id, None)
         })
         .await
     }
 
     async fn user_token(&self, id: &str) -> StoreResult<Option<UserToken>> {
-        self.get(TOKENS, "user token", id).await
+        let token = self.get(TOKENS, "user token", id).await?;
+        self.one_with_usage(token).await
     }
 
     async fn user_tokens(&self, filter: &TokenFilter) -> StoreResult<Vec<UserToken>> {
@@ -336,6 +382,8 @@ impl Store for EmbeddedStore {
             out.sort_by(|a, b| a.id.cmp(&b.id));
             Ok(out)
         })
+        .await
+        .map(|tokens| self.with_usage(tokens))?
         .await
     }
 
@@ -377,6 +425,10 @@ impl Store for EmbeddedStore {
             };
             let token: UserToken = decode("user token", old.value())?;
             drop(old);
+            txn.open_table(USAGE)
+                .map_err(backend_error)?
+                .remove(usage_key(UsageKind::UserToken, &id).as_str())
+                .map_err(backend_error)?;
             let mut by_user = txn
                 .open_multimap_table(TOKENS_BY_USER)
                 .map_err(backend_error)?;
@@ -389,14 +441,48 @@ impl Store for EmbeddedStore {
     }
 
     async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
-        self.get(TICKETS, "ticket", id).await
+        let ticket = self.get(TICKETS, "ticket", id).await?;
+        self.one_with_usage(ticket).await
     }
 
     async fn tickets(&self, user: Option<&str>) -> StoreResult<Vec<Ticket>> {
-        match user {
-            None => self.all(TICKETS, "ticket").await,
-            Some(user) => self.owned(TICKETS_BY_USER, TICKETS, "ticket", user).await,
-        }
+        let tickets = match user {
+            None => self.all(TICKETS, "ticket").await?,
+            Some(user) => self.owned(TICKETS_BY_USER, TICKETS, "ticket", user).await?,
+        };
+        self.with_usage(tickets).await
+    }
+
+    async fn record_usage(&self, used: &[Usage]) -> StoreResult<()> {
+        let used = used.to_vec();
+        self.write(move |txn| {
+            let tokens = txn.open_table(TOKENS).map_err(backend_error)?;
+            let tickets = txn.open_table(TICKETS).map_err(backend_error)?;
+            let mut uses = txn.open_table(USAGE).map_err(backend_error)?;
+            for u in used {
+                let exists = match u.kind {
+                    UsageKind::UserToken => tokens.get(u.id.as_str()),
+                    UsageKind::Ticket => tickets.get(u.id.as_str()),
+                }
+                .map_err(backend_error)?
+                .is_some();
+                // A credential deleted since its use gets no orphan entry.
+                if !exists {
+                    continue;
+                }
+                let key = usage_key(u.kind, &u.id);
+                let ms = u.at.timestamp_millis();
+                let newer = uses
+                    .get(key.as_str())
+                    .map_err(backend_error)?
+                    .is_none_or(|kept| kept.value() < ms);
+                if newer {
+                    uses.insert(key.as_str(), ms).map_err(backend_error)?;
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn insert_ticket(&self, ticket: &Ticket) -> StoreResult<()> {

@@ -136,6 +136,10 @@ impl Store for Instrumented {
         self.observe("delete_app_token", self.inner.delete_app_token(id))
             .await
     }
+    async fn record_usage(&self, used: &[crate::usage::Usage]) -> StoreResult<()> {
+        self.observe("record_usage", self.inner.record_usage(used))
+            .await
+    }
     async fn admin_key_hash(&self) -> StoreResult<Option<[u8; 32]>> {
         self.observe("get_admin_key", self.inner.admin_key_hash())
             .await

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use crate::model::{App, AppToken, Ticket, User, UserToken};
+use crate::usage::Usage;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -95,6 +96,11 @@ pub trait Store: Send + Sync + 'static {
     /// `limit` app tokens, `Conflict` when the id is taken.
     async fn insert_app_token(&self, token: &AppToken, limit: usize) -> StoreResult<()>;
     async fn delete_app_token(&self, id: &str) -> StoreResult<()>;
+
+    /// Records when credentials were last used (the write-behind's batch). A later time
+    /// replaces an earlier one, never the reverse. Getters report it as the record's
+    /// `last_used_at` (user tokens) or `last_active_at` (tickets).
+    async fn record_usage(&self, used: &[Usage]) -> StoreResult<()>;
 
     /// The SHA-256 of the admin key made at first start, if one was made.
     async fn admin_key_hash(&self) -> StoreResult<Option<[u8; 32]>>;

@@ -9,7 +9,7 @@
 //! Keys (prefix `tg:`): `user:{id}`, `users` (set), `app:{id}`, `apps` (set), `utok:{id}`,
 //! `utoks` (set), `user:{id}:utoks` (that user's token ids), `ticket:{id}`, `tickets` (set),
 //! `user:{id}:tickets`, `apptok:{id}`, `apptoks` (set), `app:{id}:apptoks`,
-//! `meta:admin_key_hash`.
+//! `used:utok:{id}` / `used:ticket:{id}` (last use, milliseconds), `meta:admin_key_hash`.
 
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use tokio::sync::OnceCell;
 
 use super::{DeletedUser, Store, StoreError, StoreResult, TokenFilter, decode, encode};
 use crate::model::{App, AppToken, Ticket, User, UserToken};
+use crate::usage::{Usage, UsageKind, UsageRecord, usage_key};
 
 const PREFIX: &str = "tg:";
 
@@ -30,6 +31,7 @@ pub struct RedisStore {
 }
 
 struct Scripts {
+    record_usage: Script,
     insert: Script,
     update: Script,
     delete_user: Script,
@@ -37,6 +39,14 @@ struct Scripts {
     insert_owned: Script,
     delete_owned: Script,
 }
+
+/// KEYS: the last-use key, the credential's record. ARGV: milliseconds. Keeps the later time;
+/// a credential deleted since its use gets no orphan key.
+const RECORD_USAGE: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
+local kept = tonumber(redis.call('GET', KEYS[1]) or '0')
+if tonumber(ARGV[1]) > kept then redis.call('SET', KEYS[1], ARGV[1]) end
+return 1";
 
 /// KEYS: record, index set. ARGV: json, id. 1 = done, 0 = the id is taken.
 const INSERT: &str = r"
@@ -57,6 +67,7 @@ local function delete_all(index, all, kind, prefix)
   local ids = redis.call('SMEMBERS', index)
   for _, id in ipairs(ids) do
     redis.call('DEL', prefix .. kind .. ':' .. id)
+    redis.call('DEL', prefix .. 'used:' .. kind .. ':' .. id)
     redis.call('SREM', all, id)
   end
   redis.call('DEL', index)
@@ -91,13 +102,14 @@ redis.call('SADD', KEYS[3], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[2])
 return 1";
 
-/// KEYS: record, all set. ARGV: id, key prefix, the owner field of the record's JSON, the
+/// KEYS: record, all set, its last-use key. ARGV: id, key prefix, the owner field of the record's JSON, the
 /// owner's kind, the owner's index name. 1 = done, 0 = no such record.
 const DELETE_OWNED: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local owner = cjson.decode(v)[ARGV[3]]
 redis.call('DEL', KEYS[1])
+redis.call('DEL', KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
 redis.call('SREM', ARGV[2] .. ARGV[4] .. ':' .. owner .. ':' .. ARGV[5], ARGV[1])
 return 1";
@@ -172,6 +184,7 @@ impl RedisStore {
             client,
             conn: OnceCell::new(),
             scripts: Scripts {
+                record_usage: Script::new(RECORD_USAGE),
                 insert: Script::new(INSERT),
                 update: Script::new(UPDATE),
                 delete_user: Script::new(&format!("{DELETE_ALL_OWNED}{DELETE_USER}")),
@@ -297,6 +310,7 @@ impl RedisStore {
             .delete_owned
             .key(key(layout.kind, id))
             .key(set(layout.all))
+            .key(format!("{PREFIX}used:{}:{id}", layout.kind))
             .arg(id)
             .arg(PREFIX)
             .arg(layout.owner_field)
@@ -310,6 +324,33 @@ impl RedisStore {
         } else {
             Err(StoreError::NotFound)
         }
+    }
+
+    /// Fills in each record's last use, in one round trip.
+    async fn with_usage<T: UsageRecord>(&self, mut items: Vec<T>) -> StoreResult<Vec<T>> {
+        if items.is_empty() {
+            return Ok(items);
+        }
+        let mut c = self.conn().await?;
+        let keys: Vec<String> = items
+            .iter()
+            .map(|i| format!("{PREFIX}used:{}", i.usage_key()))
+            .collect();
+        let uses: Vec<Option<i64>> = redis::cmd("MGET")
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        for (item, ms) in items.iter_mut().zip(uses) {
+            if let Some(at) = ms.and_then(chrono::DateTime::from_timestamp_millis) {
+                item.set_last_use(at);
+            }
+        }
+        Ok(items)
+    }
+
+    async fn one_with_usage<T: UsageRecord>(&self, item: Option<T>) -> StoreResult<Option<T>> {
+        Ok(self.with_usage(item.into_iter().collect()).await?.pop())
     }
 
     async fn update(&self, kind: &str, id: &str, json: Vec<u8>) -> StoreResult<()> {
@@ -418,7 +459,8 @@ impl Store for RedisStore {
     }
 
     async fn user_token(&self, id: &str) -> StoreResult<Option<UserToken>> {
-        self.get(USER_TOKENS.kind, "user token", id).await
+        let token = self.get(USER_TOKENS.kind, "user token", id).await?;
+        self.one_with_usage(token).await
     }
 
     async fn user_tokens(&self, filter: &TokenFilter) -> StoreResult<Vec<UserToken>> {
@@ -428,7 +470,7 @@ impl Store for RedisStore {
         };
         let mut tokens: Vec<UserToken> = self.all("utok", "user token", index).await?;
         tokens.retain(|t| filter.matches(t));
-        Ok(tokens)
+        self.with_usage(tokens).await
     }
 
     async fn insert_user_token(&self, token: &UserToken, limit: usize) -> StoreResult<()> {
@@ -451,12 +493,42 @@ impl Store for RedisStore {
     }
 
     async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
-        self.get(TICKETS.kind, "ticket", id).await
+        let ticket = self.get(TICKETS.kind, "ticket", id).await?;
+        self.one_with_usage(ticket).await
     }
 
     async fn tickets(&self, user: Option<&str>) -> StoreResult<Vec<Ticket>> {
         let index = user.map_or_else(|| set(TICKETS.all), |u| TICKETS.index_key(u));
-        self.all(TICKETS.kind, "ticket", index).await
+        let tickets = self.all(TICKETS.kind, "ticket", index).await?;
+        self.with_usage(tickets).await
+    }
+
+    async fn record_usage(&self, used: &[Usage]) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        // The pipeline calls the script by its hash: make sure the server has it.
+        let _: String = redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(RECORD_USAGE)
+            .query_async(&mut c)
+            .await
+            .map_err(map_err)?;
+        let mut pipe = redis::pipe();
+        for u in used {
+            let record = match u.kind {
+                UsageKind::UserToken => key(USER_TOKENS.kind, &u.id),
+                UsageKind::Ticket => key(TICKETS.kind, &u.id),
+            };
+            pipe.invoke_script(
+                self.scripts
+                    .record_usage
+                    .key(format!("{PREFIX}used:{}", usage_key(u.kind, &u.id)))
+                    .key(record)
+                    .arg(u.at.timestamp_millis()),
+            )
+            .ignore();
+        }
+        let () = pipe.query_async(&mut c).await.map_err(map_err)?;
+        Ok(())
     }
 
     async fn insert_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
