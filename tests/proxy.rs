@@ -749,14 +749,11 @@ fn the_echo_upstream_shows_the_identity() {
 }
 
 #[test]
-fn an_unreachable_upstream_is_a_json_502() {
+fn an_unreachable_upstream_is_a_json_502_and_logs_no_secret() {
     let dead = format!("http://127.0.0.1:{}", common::free_port());
-    let tg = Tokengate::start(
-        &Backend::Embedded,
-        &dead,
-        "[[routes]]\npath = \"/open\"\nauth = \"none\"\n",
-        "",
-    );
+    let routes =
+        "[[routes]]\npath = \"/open\"\nauth = \"none\"\n[[routes]]\npath = \"/db/{app}\"\n";
+    let tg = Tokengate::start(&Backend::Embedded, &dead, routes, "");
     let r = tg.get("/open", &[]);
     assert_eq!(
         (r.status, r.error().as_str()),
@@ -764,6 +761,30 @@ fn an_unreachable_upstream_is_a_json_502() {
         "{}",
         r.text()
     );
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"]})),
+    );
+    let token = tg
+        .admin(
+            "POST",
+            "/v1/users/al/tokens",
+            Some(json!({"name": "t", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = tg.get(
+        &format!("/db/bq1?a=x&usertoken={token}"),
+        &[("authorization", &qb(&token))],
+    );
+    assert_eq!(r.status, 502);
+    let log = tg.log();
+    assert!(log.contains("upstream"), "the failure is logged: {log}");
+    assert!(!log.contains(&token), "but never the credential: {log}");
 }
 
 #[test]

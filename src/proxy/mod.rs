@@ -403,6 +403,18 @@ impl ProxyHttp for Proxy {
         }
     }
 
+    /// Pingora's own error logs name a request by this: the method and the path only, never
+    /// the query (it can carry credentials) nor any header.
+    fn request_summary(&self, session: &Session, ctx: &RequestCtx) -> String {
+        let req = session.req_header();
+        format!(
+            "{} {} (request id {})",
+            req.method,
+            req.uri.path(),
+            ctx.request_id.to_str().unwrap_or("")
+        )
+    }
+
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(started) = ctx.upstream_started {
             let metrics = self.engine.metrics();
