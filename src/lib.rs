@@ -24,6 +24,7 @@ pub mod endpoints;
 pub mod engine;
 pub mod error;
 pub mod headers;
+pub mod jwt;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;

@@ -106,6 +106,7 @@ impl Tickets {
             expires_at: now + Duration::hours(i64::from(hours)),
             last_active_at: None,
             revoked_at: None,
+            used: Default::default(),
         };
         self.store
             .insert_ticket(&ticket)

@@ -148,20 +148,6 @@ impl Recorder {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_mark_lets_one_use_a_second_through() {
-        let m = UseMark::default();
-        assert!(m.should_record(100));
-        assert!(!m.should_record(100));
-        assert!(!m.should_record(99));
-        assert!(m.should_record(101));
-    }
-}
-
 /// A record that carries a last use: how the stores find and fill it.
 pub trait UsageRecord {
     fn usage_key(&self) -> String;
@@ -188,5 +174,19 @@ impl UsageRecord for crate::model::Ticket {
     }
     fn set_last_use(&mut self, at: DateTime<Utc>) {
         self.last_active_at = self.last_active_at.max(Some(at));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mark_lets_one_use_a_second_through() {
+        let m = UseMark::default();
+        assert!(m.should_record(100));
+        assert!(!m.should_record(100));
+        assert!(!m.should_record(99));
+        assert!(m.should_record(101));
     }
 }
