@@ -11,7 +11,7 @@ use http::{HeaderMap, Method};
 use crate::cache::{Cache, Invalidation};
 use crate::clock::Clock;
 use crate::credential::xml::XmlBody;
-use crate::credential::{self, CredentialKind, CredentialNames, Slot, Sources};
+use crate::credential::{self, CredentialKind, CredentialNames, Found, Slot, Sources};
 use crate::error::AuthError;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
@@ -175,22 +175,7 @@ impl Engine {
         if route.auth == AuthMode::None {
             return Ok(admit(None, Sources::default()));
         }
-        let mut found = credential::extract(req.headers, req.query, &self.names)
-            .map_err(|_| AuthError::AmbiguousCredentials)?;
-        if let Some(xml) = req.xml {
-            for (name, slot) in [
-                ("usertoken", Slot::UserToken),
-                ("ticket", Slot::Ticket),
-                ("apptoken", Slot::AppToken),
-            ] {
-                for value in xml.get(name) {
-                    found
-                        .offer(slot, value.into())
-                        .map_err(|_| AuthError::AmbiguousCredentials)?;
-                    found.sources.xml_body = true;
-                }
-            }
-        }
+        let found = self.credentials(&req)?;
         let Some((kind, presented)) = found.primary() else {
             return match route.auth {
                 AuthMode::Optional => Ok(admit(None, found.sources)),
@@ -207,17 +192,7 @@ impl Engine {
             AppTarget::Unscoped => None,
             AppTarget::Unnamed => return Err(deny(AuthError::AppNotAllowed)),
         };
-        let identity = match kind {
-            CredentialKind::UserToken => {
-                verify::user_token::verify(&self.cache, &*self.clock, presented, app).await
-            }
-            CredentialKind::Ticket => {
-                verify::ticket::verify(&self.cache, &*self.clock, presented, app).await
-            }
-            // Sessions have no verifier in this build: refused, never guessed.
-            CredentialKind::Session => Err(AuthError::InvalidToken),
-        }
-        .map_err(deny)?;
+        let identity = self.verify(kind, presented, app).await.map_err(deny)?;
         // A user token needs no app token, even where the app requires one.
         if kind != CredentialKind::UserToken
             && let Some(app) = &identity.app
@@ -227,11 +202,81 @@ impl Engine {
                 .map_err(deny)?;
         }
         route.admits(&identity).map_err(deny)?;
+        self.touch(&identity);
+        Ok(admit(Some(identity), found.sources))
+    }
+
+    /// Every credential on the request (headers, query, cookie, XML body).
+    fn credentials<'a>(&self, req: &RequestParts<'a>) -> Result<Found<'a>, Denial> {
+        let mut found = credential::extract(req.headers, req.query, &self.names)
+            .map_err(|_| AuthError::AmbiguousCredentials)?;
+        if let Some(xml) = req.xml {
+            for (name, slot) in [
+                ("usertoken", Slot::UserToken),
+                ("ticket", Slot::Ticket),
+                ("apptoken", Slot::AppToken),
+            ] {
+                for value in xml.get(name) {
+                    found
+                        .offer(slot, value.into())
+                        .map_err(|_| AuthError::AmbiguousCredentials)?;
+                    found.sources.xml_body = true;
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn verify(
+        &self,
+        kind: CredentialKind,
+        presented: &str,
+        app: Option<&str>,
+    ) -> Result<Identity, AuthError> {
+        match kind {
+            CredentialKind::UserToken => {
+                verify::user_token::verify(&self.cache, &*self.clock, presented, app).await
+            }
+            CredentialKind::Ticket => {
+                verify::ticket::verify(&self.cache, &*self.clock, presented, app).await
+            }
+            // Sessions have no verifier in this build: refused, never guessed.
+            CredentialKind::Session => Err(AuthError::InvalidToken),
+        }
+    }
+
+    /// Notes the use of a verified credential (written behind).
+    fn touch(&self, identity: &Identity) {
         let now = self.clock.now();
         match &identity.credential {
             Verified::UserToken(t) => self.usage.touch(&t.used, UsageKind::UserToken, &t.id, now),
             Verified::Ticket(t) => self.usage.touch(&t.used, UsageKind::Ticket, &t.id, now),
         }
-        Ok(admit(Some(identity), found.sources))
+    }
+
+    /// Who the request's credential stands for, with no route and no app: `/_auth/whoami`.
+    pub async fn identify(&self, req: RequestParts<'_>) -> Result<Identity, Denial> {
+        if self.failures.is_blocked(req.client) {
+            return Err(AuthError::TooManyFailures.into());
+        }
+        let found = self.credentials(&req)?;
+        let (kind, presented) = found.primary().ok_or(AuthError::MissingCredentials)?;
+        match self.verify(kind, presented, None).await {
+            Ok(identity) => {
+                self.touch(&identity);
+                Ok(identity)
+            }
+            Err(error) => {
+                let error = if error.is_credential_failure() && self.failures.record(req.client) {
+                    AuthError::TooManyFailures
+                } else {
+                    error
+                };
+                Err(Denial {
+                    error,
+                    method: Some(kind),
+                })
+            }
+        }
     }
 }

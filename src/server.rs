@@ -149,6 +149,7 @@ pub fn run(
         config.ticket_max_hours,
     ));
     let endpoints = Endpoints::new(
+        parts.engine.clone(),
         &config.auth_prefix,
         tickets.clone(),
         parts.engine.names().clone(),

@@ -204,6 +204,25 @@ fn tickets_are_admitted(f: &Fixture) {
             );
         }
     }
+    // Who am I, by the ticket: no route, no app.
+    let r = tg.get("/_auth/whoami", &[("authorization", &bearer)]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let me = r.json();
+    assert_eq!(
+        (me["user_id"].as_str(), me["method"].as_str()),
+        (Some("alice"), Some("ticket"))
+    );
+    assert_eq!(me["email"], "alice@example.com");
+    assert_eq!(
+        me["credential_id"].as_str(),
+        Some(&ticket["tgt_".len().."tgt_".len() + 16])
+    );
+    assert!(me["expires_at"].is_string() && !r.text().contains(&ticket));
+    assert_eq!(tg.get("/_auth/whoami", &[]).error(), "missing_credentials");
+    assert_eq!(
+        tg.get("/_auth/whoami?ticket=tgt_nope", &[]).error(),
+        "invalid_token"
+    );
     // A ticket may reach the UI; a user token may not.
     assert_eq!(tg.get("/app-ui", &[("authorization", &bearer)]).status, 200);
     // The XML body form.

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::credential::xml::XmlBody;
 use crate::credential::{self, CredentialNames};
+use crate::engine::{Engine, RequestParts};
 use crate::error::{self, AuthError};
 use crate::model::Ticket;
 use crate::tickets::{SignInError, Tickets};
@@ -20,6 +21,7 @@ use crate::tickets::{SignInError, Tickets};
 pub enum Endpoint {
     Authenticate,
     SignOut,
+    WhoAmI,
     /// Under the prefix, but no such endpoint.
     Unknown,
     QbAuthenticate,
@@ -29,7 +31,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// Whether answering needs the request's body.
     pub fn reads_body(self) -> bool {
-        !matches!(self, Self::Unknown)
+        !matches!(self, Self::Unknown | Self::WhoAmI)
     }
 }
 
@@ -117,14 +119,21 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
 }
 
 pub struct Endpoints {
+    engine: Arc<Engine>,
     prefix: String,
     tickets: Arc<Tickets>,
     names: CredentialNames,
 }
 
 impl Endpoints {
-    pub fn new(prefix: &str, tickets: Arc<Tickets>, names: CredentialNames) -> Arc<Self> {
+    pub fn new(
+        engine: Arc<Engine>,
+        prefix: &str,
+        tickets: Arc<Tickets>,
+        names: CredentialNames,
+    ) -> Arc<Self> {
         Arc::new(Self {
+            engine,
             prefix: prefix.trim_end_matches('/').to_owned(),
             tickets,
             names,
@@ -137,6 +146,7 @@ impl Endpoints {
             return match rest {
                 "/authenticate" => Some(Endpoint::Authenticate),
                 "/signout" => Some(Endpoint::SignOut),
+                "/whoami" => Some(Endpoint::WhoAmI),
                 r if r.is_empty() || r.starts_with('/') => Some(Endpoint::Unknown),
                 _ => None,
             };
@@ -159,6 +169,7 @@ impl Endpoints {
             Endpoint::SignOut => self.sign_out(req, None).await,
             Endpoint::QbAuthenticate => self.qb_authenticate(req).await,
             Endpoint::QbSignOut => self.sign_out(req, Some("API_SignOut")).await,
+            Endpoint::WhoAmI => self.whoami(req).await,
             Endpoint::Unknown => Response::error(AuthError::NoRoute, req.request_id, None),
         }
     }
@@ -301,6 +312,29 @@ impl Endpoints {
                 r
             }
             Err(e) => self.sign_in_error(e, req.request_id, Some(ACTION)),
+        }
+    }
+
+    async fn whoami(&self, req: &Request<'_>) -> Response {
+        let parts = RequestParts {
+            method: req.method,
+            path: "",
+            query: req.query,
+            headers: req.headers,
+            xml: req.xml,
+            client: req.client,
+        };
+        match self.engine.identify(parts).await {
+            Ok(id) => Response::json(
+                StatusCode::OK,
+                json!({
+                    "user_id": id.user.id, "email": id.user.email, "name": id.user.name,
+                    "method": id.method().as_str(), "credential_id": id.credential_id(),
+                    "department": id.department(), "user_type": id.user_type(),
+                    "tenant": id.tenant(), "expires_at": id.expires_at(),
+                }),
+            ),
+            Err(d) => Response::error(d.error, req.request_id, None),
         }
     }
 
