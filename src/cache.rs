@@ -16,7 +16,7 @@ use prometheus::IntCounter;
 
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
-use crate::model::{App, AppToken, Ticket, User, UserToken};
+use crate::model::{App, AppToken, Session, Ticket, User, UserToken};
 use crate::store::{SharedStore, StoreError, StoreResult};
 
 /// A cached answer of the store.
@@ -48,6 +48,7 @@ pub enum Invalidation {
     App(String),
     UserToken(String),
     Ticket(String),
+    Session(String),
     AppToken(String),
 }
 
@@ -134,6 +135,7 @@ pub struct Cache {
     apps: Table<App>,
     user_tokens: Table<UserToken>,
     tickets: Table<Ticket>,
+    sessions: Table<Session>,
     app_tokens: Table<AppToken>,
     /// Bumped by every invalidation; a load that saw it move is not kept.
     epoch: AtomicU64,
@@ -147,6 +149,7 @@ impl Cache {
             apps: Table::new("app", config, &metrics),
             user_tokens: Table::new("user_token", config, &metrics),
             tickets: Table::new("ticket", config, &metrics),
+            sessions: Table::new("session", config, &metrics),
             app_tokens: Table::new("app_token", config, &metrics),
             store,
             epoch: AtomicU64::new(0),
@@ -180,6 +183,12 @@ impl Cache {
             .await
     }
 
+    pub async fn session(&self, id: &str) -> StoreResult<Cached<Session>> {
+        self.sessions
+            .get(&self.epoch, id, || self.store.session(id))
+            .await
+    }
+
     pub async fn app_token(&self, id: &str) -> StoreResult<Cached<AppToken>> {
         self.app_tokens
             .get(&self.epoch, id, || self.store.app_token(id))
@@ -195,6 +204,7 @@ impl Cache {
             Invalidation::App(id) => self.apps.entries.invalidate(id).await,
             Invalidation::UserToken(id) => self.user_tokens.entries.invalidate(id).await,
             Invalidation::Ticket(id) => self.tickets.entries.invalidate(id).await,
+            Invalidation::Session(id) => self.sessions.entries.invalidate(id).await,
             Invalidation::AppToken(id) => self.app_tokens.entries.invalidate(id).await,
         }
     }

@@ -19,6 +19,7 @@ use crate::model::{Identity, Verified};
 use crate::policy::{AppTarget, AuthMode, Routes};
 use crate::usage::{Recorder, UsageKind};
 use crate::verify;
+use crate::verify::session::SessionVerifier;
 
 /// The parts of a request a decision looks at, borrowed.
 #[derive(Clone, Copy, Debug)]
@@ -62,6 +63,18 @@ impl From<AuthError> for Denial {
     }
 }
 
+/// What an engine is made of.
+pub struct EngineParts {
+    pub routes: Routes,
+    pub names: CredentialNames,
+    pub cache: Cache,
+    pub clock: Arc<dyn Clock>,
+    pub metrics: Arc<Metrics>,
+    pub failures: FailureLimiter,
+    pub usage: Arc<Recorder>,
+    pub sessions: SessionVerifier,
+}
+
 pub struct Engine {
     routes: Routes,
     names: CredentialNames,
@@ -70,18 +83,21 @@ pub struct Engine {
     metrics: Arc<Metrics>,
     failures: FailureLimiter,
     usage: Arc<Recorder>,
+    sessions: SessionVerifier,
 }
 
 impl Engine {
-    pub fn new(
-        routes: Routes,
-        names: CredentialNames,
-        cache: Cache,
-        clock: Arc<dyn Clock>,
-        metrics: Arc<Metrics>,
-        failures: FailureLimiter,
-        usage: Arc<Recorder>,
-    ) -> Self {
+    pub fn new(parts: EngineParts) -> Self {
+        let EngineParts {
+            routes,
+            names,
+            cache,
+            clock,
+            metrics,
+            failures,
+            usage,
+            sessions,
+        } = parts;
         Self {
             routes,
             names,
@@ -90,7 +106,13 @@ impl Engine {
             metrics,
             failures,
             usage,
+            sessions,
         }
+    }
+
+    /// tokengate's own session tokens: keys and verification.
+    pub fn sessions(&self) -> &SessionVerifier {
+        &self.sessions
     }
 
     /// Last-use records, written behind.
@@ -240,8 +262,11 @@ impl Engine {
             CredentialKind::Ticket => {
                 verify::ticket::verify(&self.cache, &*self.clock, presented, app).await
             }
-            // Sessions have no verifier in this build: refused, never guessed.
-            CredentialKind::Session => Err(AuthError::InvalidToken),
+            CredentialKind::Session => {
+                self.sessions
+                    .verify(&self.cache, &*self.clock, presented, app)
+                    .await
+            }
         }
     }
 
@@ -251,6 +276,7 @@ impl Engine {
         match &identity.credential {
             Verified::UserToken(t) => self.usage.touch(&t.used, UsageKind::UserToken, &t.id, now),
             Verified::Ticket(t) => self.usage.touch(&t.used, UsageKind::Ticket, &t.id, now),
+            Verified::Session(s) => self.usage.touch(&s.used, UsageKind::Session, &s.id, now),
         }
     }
 

@@ -33,6 +33,7 @@ pub mod password;
 pub mod policy;
 pub mod proxy;
 pub mod server;
+pub mod sessions;
 pub mod store;
 pub mod tickets;
 pub mod usage;

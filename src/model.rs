@@ -116,6 +116,28 @@ pub struct Ticket {
     pub used: UseMark,
 }
 
+/// A signed-in session: the server-side half of a session token (JWT), kept for listing,
+/// last activity and revocation. The token itself carries `sid` = `id`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Session {
+    pub id: String,
+    pub user_id: String,
+    /// The app the session is bound to, if it was opened for one.
+    #[serde(default)]
+    pub app: Option<String>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    #[serde(default)]
+    pub remember_me: bool,
+    #[serde(default)]
+    pub last_active_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub revoked_at: Option<DateTime<Utc>>,
+    /// When this cached copy last reported a use (not stored).
+    #[serde(skip)]
+    pub used: UseMark,
+}
+
 /// A per-app secret: the second factor a ticket needs where the app has `require_app_token`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AppToken {
@@ -153,6 +175,7 @@ impl CredentialKind {
 pub enum Verified {
     UserToken(Arc<UserToken>),
     Ticket(Arc<Ticket>),
+    Session(Arc<Session>),
 }
 
 /// Who a verified credential stands for, as the upstream will be told. Holds the cached records
@@ -170,6 +193,7 @@ impl Identity {
         match self.credential {
             Verified::UserToken(_) => CredentialKind::UserToken,
             Verified::Ticket(_) => CredentialKind::Ticket,
+            Verified::Session(_) => CredentialKind::Session,
         }
     }
 
@@ -178,6 +202,7 @@ impl Identity {
         match &self.credential {
             Verified::UserToken(t) => &t.id,
             Verified::Ticket(t) => &t.id,
+            Verified::Session(s) => &s.id,
         }
     }
 
@@ -185,7 +210,7 @@ impl Identity {
     pub fn department(&self) -> Option<&str> {
         match &self.credential {
             Verified::UserToken(t) => t.department.as_deref(),
-            Verified::Ticket(_) => None,
+            Verified::Ticket(_) | Verified::Session(_) => None,
         }
         .or(self.user.department.as_deref())
     }
@@ -193,7 +218,7 @@ impl Identity {
     pub fn user_type(&self) -> Option<&str> {
         match &self.credential {
             Verified::UserToken(t) => t.user_type.as_deref(),
-            Verified::Ticket(_) => None,
+            Verified::Ticket(_) | Verified::Session(_) => None,
         }
         .or(self.user.user_type.as_deref())
     }
@@ -206,6 +231,7 @@ impl Identity {
         match &self.credential {
             Verified::UserToken(t) => t.expires_at,
             Verified::Ticket(t) => Some(t.expires_at),
+            Verified::Session(s) => Some(s.expires_at),
         }
     }
 

@@ -11,24 +11,27 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 
-use crate::admin::{AdminService, AdminState};
+use crate::admin::{AdminService, AdminState, Lifecycles};
 use crate::cache::Cache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StoreConfig, Upstream};
 use crate::credential::CredentialNames;
 use crate::echo::EchoService;
 use crate::endpoints::Endpoints;
-use crate::engine::Engine;
+use crate::engine::{Engine, EngineParts};
 use crate::headers::IdentityHeaders;
+use crate::jwt::KeySet;
 use crate::limiter::FailureLimiter;
 use crate::metrics::Metrics;
 use crate::proxy::{Proxy, UpstreamTarget};
+use crate::sessions::SessionTokens;
 use crate::store::SharedStore;
 use crate::store::embedded::EmbeddedStore;
 use crate::store::instrumented::Instrumented;
 use crate::store::redis::RedisStore;
 use crate::tickets::Tickets;
 use crate::usage::Recorder;
+use crate::verify::session::SessionVerifier;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -71,15 +74,29 @@ pub fn build(
     let names = CredentialNames {
         ticket_cookie: config.ticket_cookie.clone(),
     };
-    let engine = Arc::new(Engine::new(
-        config.routes.clone(),
+    let engine = Arc::new(Engine::new(EngineParts {
+        routes: config.routes.clone(),
         names,
         cache,
         clock,
-        metrics.clone(),
-        FailureLimiter::new(config.limits.failures_per_minute),
-        Recorder::new(store.clone()),
-    ));
+        metrics: metrics.clone(),
+        failures: FailureLimiter::new(config.limits.failures_per_minute),
+        usage: Recorder::new(store.clone()),
+        sessions: SessionVerifier::new(
+            config.session_issuer.clone(),
+            config.session_audience.clone(),
+            config.session_leeway.as_secs(),
+            config.cache.max_entries,
+        ),
+    }));
+    if !config.session_keys.is_empty() {
+        let mut keys = KeySet::new();
+        for key in &config.session_keys {
+            keys.add(key.clone())
+                .map_err(|e| StartError::Other(format!("sessions keys: {e}")))?;
+        }
+        engine.sessions().set_keys(keys);
+    }
     Ok(Parts {
         engine,
         store,
@@ -148,10 +165,18 @@ pub fn run(
         config.ticket_default_hours,
         config.ticket_max_hours,
     ));
+    let sessions = Arc::new(SessionTokens::new(
+        parts.engine.clone(),
+        parts.store.clone(),
+        config.session_ttl,
+        config.remember_me_ttl,
+        config.session_algorithm,
+    ));
     let endpoints = Endpoints::new(
         parts.engine.clone(),
         &config.auth_prefix,
         tickets.clone(),
+        sessions.clone(),
         parts.engine.names().clone(),
     );
     let identity = IdentityHeaders::new(&config.header_prefix)
@@ -176,7 +201,7 @@ pub fn run(
         config.limits.clone(),
         config.listen.clone(),
         config.admin_key.clone(),
-        tickets,
+        Lifecycles { tickets, sessions },
     );
     server.add_service(background_service(
         "admin",

@@ -71,31 +71,7 @@ impl Tickets {
         hours: u32,
         client: Option<IpAddr>,
     ) -> Result<(Ticket, String), SignInError> {
-        let failures = self.engine.failures();
-        if failures.is_blocked(client) {
-            return Err(SignInError::TooManyFailures);
-        }
-        match self.check_and_issue(username, password, hours).await {
-            Err(SignInError::Refused) if failures.record(client) => {
-                Err(SignInError::TooManyFailures)
-            }
-            other => other,
-        }
-    }
-
-    async fn check_and_issue(
-        &self,
-        username: &str,
-        password: &str,
-        hours: u32,
-    ) -> Result<(Ticket, String), SignInError> {
-        let user = self.find_user(username).await?;
-        let phc = user.as_ref().and_then(|u| u.password_hash.clone());
-        let matches = crate::password::verify(password.to_owned(), phc).await;
-        let user = match user {
-            Some(user) if matches && user.is_active() => user,
-            _ => return Err(SignInError::Refused),
-        };
+        let user = self.authenticate(username, password, client).await?;
         let secret = format::generate(TokenKind::Ticket).map_err(|_| SignInError::Unavailable)?;
         let now = self.engine.clock().now();
         let ticket = Ticket {
@@ -118,6 +94,28 @@ impl Tickets {
         self.engine.metrics().issued("ticket");
         tracing::info!(target: "audit", ticket_id = %ticket.id, user_id = %ticket.user_id, "ticket issued");
         Ok((ticket, secret.token))
+    }
+
+    /// The active user a name (email or id) and password stand for. A wrong password counts as
+    /// a failed attempt of `client`.
+    pub async fn authenticate(
+        &self,
+        username: &str,
+        password: &str,
+        client: Option<IpAddr>,
+    ) -> Result<User, SignInError> {
+        let failures = self.engine.failures();
+        if failures.is_blocked(client) {
+            return Err(SignInError::TooManyFailures);
+        }
+        let user = self.find_user(username).await?;
+        let phc = user.as_ref().and_then(|u| u.password_hash.clone());
+        let matches = crate::password::verify(password.to_owned(), phc).await;
+        match user {
+            Some(user) if matches && user.is_active() => Ok(user),
+            _ if failures.record(client) => Err(SignInError::TooManyFailures),
+            _ => Err(SignInError::Refused),
+        }
     }
 
     async fn find_user(&self, username: &str) -> Result<Option<User>, SignInError> {

@@ -19,6 +19,7 @@ use crate::store::SharedStore;
 pub enum UsageKind {
     UserToken,
     Ticket,
+    Session,
 }
 
 impl UsageKind {
@@ -27,6 +28,7 @@ impl UsageKind {
         match self {
             Self::UserToken => "utok",
             Self::Ticket => "ticket",
+            Self::Session => "session",
         }
     }
 }
@@ -165,6 +167,15 @@ impl UsageRecord for crate::model::UserToken {
     }
     fn set_last_use(&mut self, at: DateTime<Utc>) {
         self.last_used_at = self.last_used_at.max(Some(at));
+    }
+}
+
+impl UsageRecord for crate::model::Session {
+    fn usage_key(&self) -> String {
+        usage_key(UsageKind::Session, &self.id)
+    }
+    fn set_last_use(&mut self, at: DateTime<Utc>) {
+        self.last_active_at = self.last_active_at.max(Some(at));
     }
 }
 

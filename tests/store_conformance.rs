@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use common::{RedisServer, free_port};
-use tokengate::model::{App, AppToken, Ticket, User, UserStatus, UserToken};
+use tokengate::model::{App, AppToken, Session, Ticket, User, UserStatus, UserToken};
 use tokengate::store::embedded::EmbeddedStore;
 use tokengate::store::redis::RedisStore;
 use tokengate::store::{Store, StoreError, StoreResult, TokenFilter};
@@ -113,6 +113,121 @@ async fn conformance(store: &dyn Store) {
     tickets(store).await;
     app_tokens(store).await;
     usage(store).await;
+    sessions_and_keys(store).await;
+}
+
+async fn sessions_and_keys(store: &dyn Store) {
+    let b = store.backend();
+    ok(
+        store,
+        store.insert_user(&user("s-sam")).await,
+        "insert user",
+    );
+    let session = |id: &str| Session {
+        id: id.to_owned(),
+        user_id: "s-sam".to_owned(),
+        app: Some("app-x".to_owned()),
+        issued_at: at(1_700_006_000),
+        expires_at: at(1_700_178_800),
+        remember_me: false,
+        last_active_at: None,
+        revoked_at: None,
+        used: Default::default(),
+    };
+    let mut orphan = session("s-orphan");
+    orphan.user_id = "s-nobody".to_owned();
+    assert_err!(
+        store,
+        store.insert_session(&orphan).await,
+        StoreError::NotFound,
+        "session of an unknown user"
+    );
+    ok(store, store.insert_session(&session("s-2")).await, "insert");
+    ok(store, store.insert_session(&session("s-1")).await, "insert");
+    assert_err!(
+        store,
+        store.insert_session(&session("s-1")).await,
+        StoreError::Conflict,
+        "duplicate session"
+    );
+    assert_eq!(
+        ok(store, store.session("s-1").await, "get"),
+        Some(session("s-1")),
+        "[{b}] round trip"
+    );
+    let listed: Vec<String> = ok(store, store.sessions(Some("s-sam")).await, "list")
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(listed, ["s-1", "s-2"], "[{b}] a user's sessions, sorted");
+    let mut revoked = session("s-1");
+    revoked.revoked_at = Some(at(1_700_007_000));
+    ok(store, store.update_session(&revoked).await, "revoke");
+    assert_eq!(
+        ok(store, store.session("s-1").await, "get"),
+        Some(revoked),
+        "[{b}] update round trip"
+    );
+    ok(
+        store,
+        store
+            .record_usage(&[Usage {
+                kind: UsageKind::Session,
+                id: "s-2".into(),
+                at: at(1_700_006_500),
+            }])
+            .await,
+        "use",
+    );
+    assert_eq!(
+        ok(store, store.session("s-2").await, "get")
+            .unwrap()
+            .last_active_at,
+        Some(at(1_700_006_500)),
+        "[{b}] last activity"
+    );
+    let deleted = ok(store, store.delete_user("s-sam").await, "delete user");
+    let mut gone = deleted.sessions.clone();
+    gone.sort();
+    assert_eq!(
+        gone,
+        ["s-1", "s-2"],
+        "[{b}] deleting a user returns its sessions"
+    );
+    assert_eq!(
+        ok(store, store.session("s-2").await, "get"),
+        None,
+        "[{b}] and deletes them"
+    );
+
+    assert_eq!(
+        ok(store, store.signing_keys().await, "keys at first"),
+        None,
+        "[{b}] no keys at first"
+    );
+    assert_eq!(
+        ok(
+            store,
+            store.init_signing_keys(b"first".to_vec()).await,
+            "init"
+        ),
+        b"first",
+        "[{b}] kept"
+    );
+    assert_eq!(
+        ok(
+            store,
+            store.init_signing_keys(b"second".to_vec()).await,
+            "init again"
+        ),
+        b"first",
+        "[{b}] the first keys stay"
+    );
+    assert_eq!(
+        ok(store, store.signing_keys().await, "keys"),
+        Some(b"first".to_vec()),
+        "[{b}] read back"
+    );
 }
 
 fn ticket(id: &str, user_id: &str) -> Ticket {

@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use super::AdminState;
 use crate::cache::Invalidation;
 use crate::credential::format::{self, TokenKind};
-use crate::model::{App, AppToken, Ticket, User, UserStatus, UserToken};
+use crate::model::{App, AppToken, User, UserStatus, UserToken};
 use crate::store::{StoreError, TokenFilter};
 
 const MAX_BODY: usize = 64 * 1024;
@@ -470,6 +470,9 @@ async fn delete_user(State(state): Shared, Path(id): Path<String>) -> ApiResult<
     }
     for t in deleted.tickets {
         state.engine.invalidate(&Invalidation::Ticket(t)).await;
+    }
+    for s in deleted.sessions {
+        state.engine.invalidate(&Invalidation::Session(s)).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -944,17 +947,34 @@ async fn delete_app_token(
     Ok(StatusCode::NO_CONTENT)
 }
 
-// ---------------------------------------------------------------- sessions (tickets)
+// ---------------------------------------------------------------- sessions (tickets and session tokens)
 
-fn ticket_view(t: &Ticket, owner: Option<&User>) -> Value {
-    json!({
-        "id": t.id, "kind": "ticket", "user_id": t.user_id,
+/// One live ticket or session, with its owner: the admin guide's listing.
+struct Live {
+    id: String,
+    kind: &'static str,
+    user_id: String,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    last_active_at: Option<DateTime<Utc>>,
+    app: Option<String>,
+    owner: Option<User>,
+}
+
+fn live_view(l: Live) -> Value {
+    let owner = l.owner.as_ref();
+    let mut v = json!({
+        "id": l.id, "kind": l.kind, "user_id": l.user_id,
         "user_name": owner.map(|u| &u.name), "email": owner.map(|u| &u.email),
         "department": owner.and_then(|u| u.department.as_ref()),
         "user_type": owner.and_then(|u| u.user_type.as_ref()),
-        "issued_at": t.issued_at, "expires_at": t.expires_at,
-        "last_active_at": t.last_active_at.unwrap_or(t.issued_at),
-    })
+        "issued_at": l.issued_at, "expires_at": l.expires_at,
+        "last_active_at": l.last_active_at.unwrap_or(l.issued_at),
+    });
+    if l.kind == "session" {
+        v["app"] = json!(l.app);
+    }
+    v
 }
 
 #[derive(Deserialize)]
@@ -965,27 +985,52 @@ struct SessionQuery {
     limit: Option<usize>,
 }
 
-/// Live tickets (not revoked, not expired), with their owners.
-async fn live_tickets(
-    state: &AdminState,
-    user: Option<&str>,
-) -> ApiResult<Vec<(Ticket, Option<User>)>> {
+/// Live tickets and sessions (not revoked, not expired), with their owners, sorted by id.
+async fn live(state: &AdminState, user: Option<&str>, kind: Option<&str>) -> ApiResult<Vec<Live>> {
     let now = state.engine.clock().now();
-    let tickets = state.store.tickets(user).await?;
+    let mut out = Vec::new();
+    if kind != Some("session") {
+        for t in state.store.tickets(user).await? {
+            if t.revoked_at.is_none() && t.expires_at > now {
+                out.push(Live {
+                    id: t.id,
+                    kind: "ticket",
+                    user_id: t.user_id,
+                    issued_at: t.issued_at,
+                    expires_at: t.expires_at,
+                    last_active_at: t.last_active_at,
+                    app: None,
+                    owner: None,
+                });
+            }
+        }
+    }
+    if kind != Some("ticket") {
+        for s in state.store.sessions(user).await? {
+            if s.revoked_at.is_none() && s.expires_at > now {
+                out.push(Live {
+                    id: s.id,
+                    kind: "session",
+                    user_id: s.user_id,
+                    issued_at: s.issued_at,
+                    expires_at: s.expires_at,
+                    last_active_at: s.last_active_at,
+                    app: s.app,
+                    owner: None,
+                });
+            }
+        }
+    }
     let mut owners: std::collections::HashMap<String, Option<User>> =
         std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for t in tickets
-        .into_iter()
-        .filter(|t| t.revoked_at.is_none() && t.expires_at > now)
-    {
-        if !owners.contains_key(&t.user_id) {
-            let owner = state.store.user(&t.user_id).await?;
-            owners.insert(t.user_id.clone(), owner);
+    for l in &mut out {
+        if !owners.contains_key(&l.user_id) {
+            let owner = state.store.user(&l.user_id).await?;
+            owners.insert(l.user_id.clone(), owner);
         }
-        let owner = owners.get(&t.user_id).cloned().flatten();
-        out.push((t, owner));
+        l.owner = owners.get(&l.user_id).cloned().flatten();
     }
+    out.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(out)
 }
 
@@ -993,25 +1038,25 @@ async fn list_sessions(
     State(state): Shared,
     Query(q): Query<SessionQuery>,
 ) -> ApiResult<Json<Value>> {
-    let items = match q.kind.as_deref() {
-        None | Some("ticket") => live_tickets(&state, q.user.as_deref()).await?,
-        // Session tokens (JWT) are not issued by this build.
-        Some("session") => Vec::new(),
-        Some(other) => {
-            return Err(ApiError::invalid(
-                "kind",
-                format!("kind: {other:?} is not \"ticket\" or \"session\""),
-            ));
-        }
-    };
+    if let Some(kind) = q
+        .kind
+        .as_deref()
+        .filter(|k| !matches!(*k, "ticket" | "session"))
+    {
+        return Err(ApiError::invalid(
+            "kind",
+            format!("kind: {kind:?} is not \"ticket\" or \"session\""),
+        ));
+    }
+    let items = live(&state, q.user.as_deref(), q.kind.as_deref()).await?;
     page(
         items,
-        |(t, _)| &t.id,
+        |l| &l.id,
         &Page {
             cursor: q.cursor,
             limit: q.limit,
         },
-        |(t, u)| ticket_view(&t, u.as_ref()),
+        live_view,
     )
 }
 
@@ -1020,24 +1065,21 @@ async fn list_user_sessions(
     Path(id): Path<String>,
     Query(p): Query<Page>,
 ) -> ApiResult<Json<Value>> {
-    let items = live_tickets(&state, Some(&id)).await?;
-    page(
-        items,
-        |(t, _)| &t.id,
-        &p,
-        |(t, u)| ticket_view(&t, u.as_ref()),
-    )
+    let items = live(&state, Some(&id), None).await?;
+    page(items, |l| &l.id, &p, live_view)
 }
 
-/// Revokes one session or ticket by id; `false` when there is none.
+/// Revokes one ticket or session by id; `false` when there is none.
 async fn revoke(state: &AdminState, id: &str) -> ApiResult<bool> {
-    match state.store.ticket(id).await? {
-        Some(t) => {
-            state.tickets.revoke(t).await?;
-            Ok(true)
-        }
-        None => Ok(false),
+    if let Some(t) = state.store.ticket(id).await? {
+        state.tickets.revoke(t).await?;
+        return Ok(true);
     }
+    if let Some(s) = state.store.session(id).await? {
+        state.sessions.revoke(s).await?;
+        return Ok(true);
+    }
+    Ok(false)
 }
 
 async fn delete_session(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
@@ -1073,6 +1115,12 @@ async fn delete_user_sessions(
     for t in state.store.tickets(Some(&id)).await? {
         if t.revoked_at.is_none() {
             state.tickets.revoke(t).await?;
+            deleted += 1;
+        }
+    }
+    for s in state.store.sessions(Some(&id)).await? {
+        if s.revoked_at.is_none() {
+            state.sessions.revoke(s).await?;
             deleted += 1;
         }
     }

@@ -37,6 +37,13 @@ pub struct AdminState {
     configured_key: Option<String>,
     key_hash: OnceLock<[u8; 32]>,
     pub tickets: Arc<crate::tickets::Tickets>,
+    pub sessions: Arc<crate::sessions::SessionTokens>,
+}
+
+/// The credential lifecycles the admin API drives.
+pub struct Lifecycles {
+    pub tickets: Arc<crate::tickets::Tickets>,
+    pub sessions: Arc<crate::sessions::SessionTokens>,
 }
 
 impl AdminState {
@@ -47,8 +54,9 @@ impl AdminState {
         limits: Limits,
         proxy_address: String,
         configured_key: Option<String>,
-        tickets: Arc<crate::tickets::Tickets>,
+        lifecycles: Lifecycles,
     ) -> Self {
+        let Lifecycles { tickets, sessions } = lifecycles;
         Self {
             engine,
             store,
@@ -58,6 +66,7 @@ impl AdminState {
             configured_key,
             key_hash: OnceLock::new(),
             tickets,
+            sessions,
         }
     }
 
@@ -141,8 +150,14 @@ async fn require_key(State(state): State<Arc<AdminState>>, req: Request, next: N
 /// Ready when the store answers and the admin key is settled.
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     match state.store.ping().await {
-        Ok(()) if state.key_hash.get().is_some() => (StatusCode::OK, "ready\n").into_response(),
-        Ok(()) => (StatusCode::SERVICE_UNAVAILABLE, "admin key not settled\n").into_response(),
+        Ok(()) if state.key_hash.get().is_some() && state.engine.sessions().keys().is_some() => {
+            (StatusCode::OK, "ready\n").into_response()
+        }
+        Ok(()) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "admin key or signing keys not settled\n",
+        )
+            .into_response(),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store not answering: {e}\n"),
@@ -191,8 +206,14 @@ impl BackgroundService for AdminService {
         tokio::spawn(async move {
             // The store may not answer yet (Redis still starting): keep trying.
             let mut wait = std::time::Duration::from_millis(100);
-            while let Err(e) = state.init_admin_key().await {
-                tracing::warn!(error = %e, "can't settle the admin key yet; retrying");
+            // The admin key, and the session signing keys when the config names none.
+            loop {
+                let settled = match state.init_admin_key().await {
+                    Ok(()) => state.sessions.init_keys().await,
+                    Err(e) => Err(e),
+                };
+                let Err(e) = settled else { break };
+                tracing::warn!(error = %e, "can't settle the admin key or the signing keys yet; retrying");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(std::time::Duration::from_secs(5));
             }

@@ -119,6 +119,18 @@ impl Default for Tickets {
 pub struct Sessions {
     pub ttl: String,
     pub remember_me_ttl: String,
+    /// EdDSA (default), ES256, RS256 or HS256: for keys made by the store, and for `key_files`.
+    pub algorithm: String,
+    /// `iss` and `aud` of tokengate's own session tokens.
+    pub issuer: String,
+    pub audience: String,
+    /// Clock skew allowed on tokengate's own tokens.
+    pub leeway: String,
+    /// Signing keys (PKCS#8 PEM; for HS256 the secret), oldest first: the last one signs, the
+    /// others still verify. None at all: the store makes one and keeps it.
+    pub key_files: Vec<String>,
+    /// One more key, given inline (e.g. TOKENGATE_SESSIONS__KEY); it signs.
+    pub key: Option<String>,
     pub issuers: Vec<Issuer>,
 }
 
@@ -127,6 +139,12 @@ impl Default for Sessions {
         Self {
             ttl: "48h".into(),
             remember_me_ttl: "14d".into(),
+            algorithm: "EdDSA".into(),
+            issuer: "tokengate".into(),
+            audience: "tokengate".into(),
+            leeway: "5s".into(),
+            key_files: Vec::new(),
+            key: None,
             issuers: Vec::new(),
         }
     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use http::{HeaderName, Method};
 use serde::de::DeserializeOwned;
 
+use crate::jwt::{Algorithm, SigningKey};
 use crate::policy::{AuthMode, KindSet, PathPattern, Route, Routes};
 
 /// Where requests go once admitted.
@@ -69,6 +70,12 @@ pub struct Config {
     pub ticket_cookie: String,
     pub session_ttl: Duration,
     pub remember_me_ttl: Duration,
+    pub session_algorithm: Algorithm,
+    pub session_issuer: String,
+    pub session_audience: String,
+    pub session_leeway: Duration,
+    /// Configured signing keys, oldest first; empty: the store's own.
+    pub session_keys: Vec<SigningKey>,
     pub limits: Limits,
     /// Identity header prefix, lowercase (`x-auth-`).
     pub header_prefix: String,
@@ -143,6 +150,7 @@ impl Config {
             max_entries: cache.max_entries,
         };
         let session_ttl = duration("sessions.ttl", &sessions.ttl);
+        let session_leeway = duration("sessions.leeway", &sessions.leeway);
         let remember_me_ttl = duration("sessions.remember_me_ttl", &sessions.remember_me_ttl);
 
         for (key, addr) in [
@@ -232,6 +240,47 @@ impl Config {
         if tickets.default_hours > tickets.max_hours {
             problems.push("tickets.default_hours is above tickets.max_hours".into());
         }
+        if session_leeway > Duration::from_secs(10) {
+            problems.push("sessions.leeway: at most 10s for tokengate's own tokens".into());
+        }
+        let session_algorithm = sessions.algorithm.parse::<Algorithm>().unwrap_or_else(|_| {
+            problems.push(format!(
+                "sessions.algorithm = {:?}: expected EdDSA, ES256, RS256 or HS256",
+                sessions.algorithm
+            ));
+            Algorithm::EdDSA
+        });
+        if sessions.issuer.is_empty() || sessions.audience.is_empty() {
+            problems.push("sessions.issuer and sessions.audience must not be empty".into());
+        }
+        let mut session_keys = Vec::new();
+        let mut sources: Vec<(String, Option<String>)> = sessions
+            .key_files
+            .iter()
+            .map(|f| {
+                (
+                    format!("sessions.key_files: {f}"),
+                    std::fs::read_to_string(f).ok(),
+                )
+            })
+            .collect();
+        if let Some(k) = &sessions.key {
+            sources.push(("sessions.key".into(), Some(k.clone())));
+        }
+        for (what, text) in sources {
+            let Some(text) = text else {
+                problems.push(format!("{what}: can't read it"));
+                continue;
+            };
+            let key = match session_algorithm {
+                Algorithm::HS256 => SigningKey::from_secret(text.trim().as_bytes()),
+                alg => SigningKey::from_pem(alg, &text),
+            };
+            match key {
+                Ok(k) => session_keys.push(k),
+                Err(e) => problems.push(format!("{what}: not a {session_algorithm} key: {e}")),
+            }
+        }
         for (i, issuer) in sessions.issuers.iter().enumerate() {
             if !issuer.jwks_url.starts_with("http://") && !issuer.jwks_url.starts_with("https://") {
                 problems.push(format!(
@@ -291,6 +340,11 @@ impl Config {
             ticket_cookie: tickets.cookie_name,
             session_ttl,
             remember_me_ttl,
+            session_algorithm,
+            session_issuer: sessions.issuer,
+            session_audience: sessions.audience,
+            session_leeway,
+            session_keys,
             limits: Limits {
                 tokens_per_user: limits.tokens_per_user,
                 apps_per_token: limits.apps_per_token,

@@ -14,14 +14,17 @@ use crate::credential::{self, CredentialNames};
 use crate::engine::{Engine, RequestParts};
 use crate::error::{self, AuthError};
 use crate::model::Ticket;
+use crate::sessions::SessionTokens;
 use crate::tickets::{SignInError, Tickets};
 
 /// Which endpoint a request is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     Authenticate,
+    Login,
     SignOut,
     WhoAmI,
+    Jwks,
     /// Under the prefix, but no such endpoint.
     Unknown,
     QbAuthenticate,
@@ -31,7 +34,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// Whether answering needs the request's body.
     pub fn reads_body(self) -> bool {
-        !matches!(self, Self::Unknown | Self::WhoAmI)
+        !matches!(self, Self::Unknown | Self::WhoAmI | Self::Jwks)
     }
 }
 
@@ -122,6 +125,7 @@ pub struct Endpoints {
     engine: Arc<Engine>,
     prefix: String,
     tickets: Arc<Tickets>,
+    sessions: Arc<SessionTokens>,
     names: CredentialNames,
 }
 
@@ -130,12 +134,14 @@ impl Endpoints {
         engine: Arc<Engine>,
         prefix: &str,
         tickets: Arc<Tickets>,
+        sessions: Arc<SessionTokens>,
         names: CredentialNames,
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
             prefix: prefix.trim_end_matches('/').to_owned(),
             tickets,
+            sessions,
             names,
         })
     }
@@ -146,6 +152,8 @@ impl Endpoints {
             return match rest {
                 "/authenticate" => Some(Endpoint::Authenticate),
                 "/signout" => Some(Endpoint::SignOut),
+                "/login" => Some(Endpoint::Login),
+                "/jwks.json" => Some(Endpoint::Jwks),
                 "/whoami" => Some(Endpoint::WhoAmI),
                 r if r.is_empty() || r.starts_with('/') => Some(Endpoint::Unknown),
                 _ => None,
@@ -170,6 +178,8 @@ impl Endpoints {
             Endpoint::QbAuthenticate => self.qb_authenticate(req).await,
             Endpoint::QbSignOut => self.sign_out(req, Some("API_SignOut")).await,
             Endpoint::WhoAmI => self.whoami(req).await,
+            Endpoint::Login => self.login(req).await,
+            Endpoint::Jwks => self.jwks(req),
             Endpoint::Unknown => Response::error(AuthError::NoRoute, req.request_id, None),
         }
     }
@@ -315,6 +325,80 @@ impl Endpoints {
         }
     }
 
+    async fn login(&self, req: &Request<'_>) -> Response {
+        if req.method != Method::POST {
+            return Response::json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "message": "use POST", "request_id": req.request_id}),
+            );
+        }
+        let body: serde_json::Value = match read_form(req) {
+            Ok(pairs) => pairs
+                .into_iter()
+                .map(|(k, v)| (k, serde_json::Value::String(v)))
+                .collect(),
+            Err(message) => return invalid(req.request_id, "body", &message),
+        };
+        // remember_me may come as a JSON boolean, which read_form leaves out.
+        let raw: serde_json::Value = serde_json::from_slice(req.body).unwrap_or_default();
+        let field = |name: &str| body.get(name).and_then(|v| v.as_str());
+        let (Some(username), Some(password)) = (field("username"), field("password")) else {
+            let missing = if field("username").is_none() {
+                "username"
+            } else {
+                "password"
+            };
+            return invalid(req.request_id, missing, &format!("{missing} is required"));
+        };
+        let remember_me = match raw.get("remember_me").or(body.get("remember_me")) {
+            None | Some(serde_json::Value::Null) => false,
+            Some(serde_json::Value::Bool(b)) => *b,
+            Some(serde_json::Value::String(s)) if s == "true" || s == "1" => true,
+            Some(serde_json::Value::String(s)) if s == "false" || s == "0" => false,
+            Some(_) => {
+                return invalid(
+                    req.request_id,
+                    "remember_me",
+                    "remember_me must be true or false",
+                );
+            }
+        };
+        let app = field("app").map(str::to_owned);
+        let user = match self
+            .tickets
+            .authenticate(username, password, req.client)
+            .await
+        {
+            Ok(user) => user,
+            Err(e) => return self.sign_in_error(e, req.request_id, None),
+        };
+        if let Some(app) = &app {
+            let known = self.engine.cache().app(app).await;
+            if !user.may_use(app) || !matches!(known, Ok(crate::cache::Cached::Found(_))) {
+                return Response::error(AuthError::AppNotAllowed, req.request_id, None);
+            }
+        }
+        match self.sessions.open(&user, app, remember_me).await {
+            Ok((token, session)) => Response::json(
+                StatusCode::OK,
+                json!({"token": token, "session_id": session.id, "user_id": session.user_id, "expires_at": session.expires_at}),
+            ),
+            Err(e) => Response::error(e, req.request_id, None),
+        }
+    }
+
+    fn jwks(&self, req: &Request<'_>) -> Response {
+        match self.engine.sessions().keys() {
+            Some(keys) => {
+                let mut r = Response::json(StatusCode::OK, keys.jwks());
+                r.headers
+                    .push(("cache-control", "public, max-age=300".to_owned()));
+                r
+            }
+            None => Response::error(AuthError::AuthUnavailable, req.request_id, None),
+        }
+    }
+
     async fn whoami(&self, req: &Request<'_>) -> Response {
         let parts = RequestParts {
             method: req.method,
@@ -356,10 +440,12 @@ impl Endpoints {
                 }
             }
         }
-        let Some(ticket) = found.ticket.as_deref() else {
-            return Response::error(AuthError::MissingCredentials, req.request_id, action);
+        let signed_out = match (found.session.as_deref(), found.ticket.as_deref()) {
+            (Some(session), _) => self.sessions.sign_out(session).await,
+            (None, Some(ticket)) => self.tickets.sign_out(ticket).await,
+            (None, None) => Err(AuthError::MissingCredentials),
         };
-        if let Err(e) = self.tickets.sign_out(ticket).await {
+        if let Err(e) = signed_out {
             return Response::error(e, req.request_id, action);
         }
         let mut r = match action {

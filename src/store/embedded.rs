@@ -12,7 +12,7 @@ use redb::{
 };
 
 use super::{DeletedUser, Store, StoreError, StoreResult, TokenFilter, decode, encode};
-use crate::model::{App, AppToken, Ticket, User, UserToken};
+use crate::model::{App, AppToken, Session, Ticket, User, UserToken};
 use crate::usage::{Usage, UsageKind, UsageRecord, usage_key};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -25,6 +25,10 @@ const TICKETS: TableDefinition<&str, &[u8]> = TableDefinition::new("tickets");
 /// user id -> ids of its tickets.
 const TICKETS_BY_USER: MultimapTableDefinition<&str, &str> =
     MultimapTableDefinition::new("tickets_by_user");
+const SESSIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("sessions");
+/// user id -> ids of its sessions.
+const SESSIONS_BY_USER: MultimapTableDefinition<&str, &str> =
+    MultimapTableDefinition::new("sessions_by_user");
 const APP_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("app_tokens");
 /// app id -> ids of its app tokens.
 const APP_TOKENS_BY_APP: MultimapTableDefinition<&str, &str> =
@@ -33,6 +37,7 @@ const APP_TOKENS_BY_APP: MultimapTableDefinition<&str, &str> =
 const USAGE: TableDefinition<&str, i64> = TableDefinition::new("usage");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const ADMIN_KEY_HASH: &str = "admin_key_hash";
+const SIGNING_KEYS: &str = "signing_keys";
 
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -60,6 +65,9 @@ impl EmbeddedStore {
                 .map_err(backend_error)?;
             txn.open_table(TICKETS).map_err(backend_error)?;
             txn.open_multimap_table(TICKETS_BY_USER)
+                .map_err(backend_error)?;
+            txn.open_table(SESSIONS).map_err(backend_error)?;
+            txn.open_multimap_table(SESSIONS_BY_USER)
                 .map_err(backend_error)?;
             txn.open_table(APP_TOKENS).map_err(backend_error)?;
             txn.open_multimap_table(APP_TOKENS_BY_APP)
@@ -319,6 +327,13 @@ impl Store for EmbeddedStore {
                     Some(UsageKind::UserToken),
                 )?,
                 tickets: remove_owned(txn, TICKETS_BY_USER, TICKETS, &id, Some(UsageKind::Ticket))?,
+                sessions: remove_owned(
+                    txn,
+                    SESSIONS_BY_USER,
+                    SESSIONS,
+                    &id,
+                    Some(UsageKind::Session),
+                )?,
             })
         })
         .await
@@ -458,11 +473,13 @@ impl Store for EmbeddedStore {
         self.write(move |txn| {
             let tokens = txn.open_table(TOKENS).map_err(backend_error)?;
             let tickets = txn.open_table(TICKETS).map_err(backend_error)?;
+            let sessions = txn.open_table(SESSIONS).map_err(backend_error)?;
             let mut uses = txn.open_table(USAGE).map_err(backend_error)?;
             for u in used {
                 let exists = match u.kind {
                     UsageKind::UserToken => tokens.get(u.id.as_str()),
                     UsageKind::Ticket => tickets.get(u.id.as_str()),
+                    UsageKind::Session => sessions.get(u.id.as_str()),
                 }
                 .map_err(backend_error)?
                 .is_some();
@@ -504,6 +521,66 @@ impl Store for EmbeddedStore {
 
     async fn update_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
         self.put(TICKETS, &ticket.id, encode(ticket)?, true).await
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+        let session = self.get(SESSIONS, "session", id).await?;
+        self.one_with_usage(session).await
+    }
+
+    async fn sessions(&self, user: Option<&str>) -> StoreResult<Vec<Session>> {
+        let sessions = match user {
+            None => self.all(SESSIONS, "session").await?,
+            Some(user) => {
+                self.owned(SESSIONS_BY_USER, SESSIONS, "session", user)
+                    .await?
+            }
+        };
+        self.with_usage(sessions).await
+    }
+
+    async fn insert_session(&self, session: &Session) -> StoreResult<()> {
+        let bytes = encode(session)?;
+        let (id, user_id) = (session.id.clone(), session.user_id.clone());
+        self.write(move |txn| {
+            let users = txn.open_table(USERS).map_err(backend_error)?;
+            if users
+                .get(user_id.as_str())
+                .map_err(backend_error)?
+                .is_none()
+            {
+                return Err(StoreError::NotFound);
+            }
+            insert_owned(txn, SESSIONS, SESSIONS_BY_USER, &user_id, &id, &bytes, None)
+        })
+        .await
+    }
+
+    async fn update_session(&self, session: &Session) -> StoreResult<()> {
+        self.put(SESSIONS, &session.id, encode(session)?, true)
+            .await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Option<Vec<u8>>> {
+        self.read(|txn| {
+            let meta = txn.open_table(META).map_err(backend_error)?;
+            let v = meta.get(SIGNING_KEYS).map_err(backend_error)?;
+            Ok(v.map(|v| v.value().to_vec()))
+        })
+        .await
+    }
+
+    async fn init_signing_keys(&self, keys: Vec<u8>) -> StoreResult<Vec<u8>> {
+        self.write(move |txn| {
+            let mut meta = txn.open_table(META).map_err(backend_error)?;
+            if let Some(kept) = meta.get(SIGNING_KEYS).map_err(backend_error)? {
+                return Ok(kept.value().to_vec());
+            }
+            meta.insert(SIGNING_KEYS, keys.as_slice())
+                .map_err(backend_error)?;
+            Ok(keys)
+        })
+        .await
     }
 
     async fn app_token(&self, id: &str) -> StoreResult<Option<AppToken>> {

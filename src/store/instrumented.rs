@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{DeletedUser, SharedStore, Store, StoreError, StoreResult, TokenFilter};
 use crate::metrics::Metrics;
-use crate::model::{App, AppToken, Ticket, User, UserToken};
+use crate::model::{App, AppToken, Session, Ticket, User, UserToken};
 
 pub struct Instrumented {
     inner: SharedStore,
@@ -115,6 +115,29 @@ impl Store for Instrumented {
     }
     async fn update_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
         self.observe("update_ticket", self.inner.update_ticket(ticket))
+            .await
+    }
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+        self.observe("get_session", self.inner.session(id)).await
+    }
+    async fn sessions(&self, user: Option<&str>) -> StoreResult<Vec<Session>> {
+        self.observe("list_sessions", self.inner.sessions(user))
+            .await
+    }
+    async fn insert_session(&self, session: &Session) -> StoreResult<()> {
+        self.observe("insert_session", self.inner.insert_session(session))
+            .await
+    }
+    async fn update_session(&self, session: &Session) -> StoreResult<()> {
+        self.observe("update_session", self.inner.update_session(session))
+            .await
+    }
+    async fn signing_keys(&self) -> StoreResult<Option<Vec<u8>>> {
+        self.observe("get_signing_keys", self.inner.signing_keys())
+            .await
+    }
+    async fn init_signing_keys(&self, keys: Vec<u8>) -> StoreResult<Vec<u8>> {
+        self.observe("init_signing_keys", self.inner.init_signing_keys(keys))
             .await
     }
     async fn app_token(&self, id: &str) -> StoreResult<Option<AppToken>> {

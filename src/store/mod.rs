@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::model::{App, AppToken, Ticket, User, UserToken};
+use crate::model::{App, AppToken, Session, Ticket, User, UserToken};
 use crate::usage::Usage;
 
 #[derive(Debug, thiserror::Error)]
@@ -90,6 +90,18 @@ pub trait Store: Send + Sync + 'static {
     /// Fails with `NotFound` when there is no such ticket.
     async fn update_ticket(&self, ticket: &Ticket) -> StoreResult<()>;
 
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>>;
+    /// Every session, or one user's.
+    async fn sessions(&self, user: Option<&str>) -> StoreResult<Vec<Session>>;
+    /// Fails with `NotFound` when the user doesn't exist, `Conflict` when the id is taken.
+    async fn insert_session(&self, session: &Session) -> StoreResult<()>;
+    async fn update_session(&self, session: &Session) -> StoreResult<()>;
+
+    /// The session signing keys the store generated and keeps (exported form, JSON).
+    async fn signing_keys(&self) -> StoreResult<Option<Vec<u8>>>;
+    /// Keeps `keys` unless keys are already kept; returns the ones kept.
+    async fn init_signing_keys(&self, keys: Vec<u8>) -> StoreResult<Vec<u8>>;
+
     async fn app_token(&self, id: &str) -> StoreResult<Option<AppToken>>;
     async fn app_tokens(&self, app_id: &str) -> StoreResult<Vec<AppToken>>;
     /// Fails with `NotFound` when the app doesn't exist, `LimitReached` when it already holds
@@ -115,6 +127,7 @@ pub type SharedStore = Arc<dyn Store>;
 pub struct DeletedUser {
     pub user_tokens: Vec<String>,
     pub tickets: Vec<String>,
+    pub sessions: Vec<String>,
 }
 
 fn decode<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {

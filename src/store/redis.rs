@@ -19,7 +19,7 @@ use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::OnceCell;
 
 use super::{DeletedUser, Store, StoreError, StoreResult, TokenFilter, decode, encode};
-use crate::model::{App, AppToken, Ticket, User, UserToken};
+use crate::model::{App, AppToken, Session, Ticket, User, UserToken};
 use crate::usage::{Usage, UsageKind, UsageRecord, usage_key};
 
 const PREFIX: &str = "tg:";
@@ -75,13 +75,14 @@ local function delete_all(index, all, kind, prefix)
 end
 ";
 
-/// KEYS: user, users set, the user's token set, all-tokens set, the user's ticket set,
-/// all-tickets set. ARGV: user id, key prefix. Returns {token ids, ticket ids}, or false when
-/// there is no such user.
+/// KEYS: user, users set, then (the user's index, the all set) for tokens, tickets and
+/// sessions. ARGV: user id, key prefix. Returns {token ids, ticket ids, session ids}, or false
+/// when there is no such user.
 const DELETE_USER: &str = r"
 if redis.call('DEL', KEYS[1]) == 0 then return false end
 redis.call('SREM', KEYS[2], ARGV[1])
-return {delete_all(KEYS[3], KEYS[4], 'utok', ARGV[2]), delete_all(KEYS[5], KEYS[6], 'ticket', ARGV[2])}";
+return {delete_all(KEYS[3], KEYS[4], 'utok', ARGV[2]), delete_all(KEYS[5], KEYS[6], 'ticket', ARGV[2]),
+        delete_all(KEYS[7], KEYS[8], 'session', ARGV[2])}";
 
 /// KEYS: app, apps set, the app's app-token set, all-app-tokens set. ARGV: app id, key prefix.
 /// Returns the deleted app token ids, or false when there is no such app.
@@ -139,6 +140,13 @@ const TICKETS: Owned = Owned {
     owner_kind: "user",
     owner_field: "user_id",
     index: "tickets",
+};
+const SESSIONS: Owned = Owned {
+    kind: "session",
+    all: "sessions",
+    owner_kind: "user",
+    owner_field: "user_id",
+    index: "sessions",
 };
 const APP_TOKENS: Owned = Owned {
     kind: "apptok",
@@ -404,7 +412,7 @@ impl Store for RedisStore {
 
     async fn delete_user(&self, id: &str) -> StoreResult<DeletedUser> {
         let mut c = self.conn().await?;
-        let deleted: Option<(Vec<String>, Vec<String>)> = self
+        let deleted: Option<(Vec<String>, Vec<String>, Vec<String>)> = self
             .scripts
             .delete_user
             .key(key("user", id))
@@ -413,15 +421,18 @@ impl Store for RedisStore {
             .key(set(USER_TOKENS.all))
             .key(TICKETS.index_key(id))
             .key(set(TICKETS.all))
+            .key(SESSIONS.index_key(id))
+            .key(set(SESSIONS.all))
             .arg(id)
             .arg(PREFIX)
             .invoke_async(&mut c)
             .await
             .map_err(map_err)?;
-        let (user_tokens, tickets) = deleted.ok_or(StoreError::NotFound)?;
+        let (user_tokens, tickets, sessions) = deleted.ok_or(StoreError::NotFound)?;
         Ok(DeletedUser {
             user_tokens,
             tickets,
+            sessions,
         })
     }
 
@@ -517,6 +528,7 @@ impl Store for RedisStore {
             let record = match u.kind {
                 UsageKind::UserToken => key(USER_TOKENS.kind, &u.id),
                 UsageKind::Ticket => key(TICKETS.kind, &u.id),
+                UsageKind::Session => key(SESSIONS.kind, &u.id),
             };
             pipe.invoke_script(
                 self.scripts
@@ -538,6 +550,45 @@ impl Store for RedisStore {
 
     async fn update_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
         self.update(TICKETS.kind, &ticket.id, encode(ticket)?).await
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
+        let session = self.get(SESSIONS.kind, "session", id).await?;
+        self.one_with_usage(session).await
+    }
+
+    async fn sessions(&self, user: Option<&str>) -> StoreResult<Vec<Session>> {
+        let index = user.map_or_else(|| set(SESSIONS.all), |u| SESSIONS.index_key(u));
+        let sessions = self.all(SESSIONS.kind, "session", index).await?;
+        self.with_usage(sessions).await
+    }
+
+    async fn insert_session(&self, session: &Session) -> StoreResult<()> {
+        self.insert_owned(
+            &SESSIONS,
+            &session.user_id,
+            &session.id,
+            encode(session)?,
+            0,
+        )
+        .await
+    }
+
+    async fn update_session(&self, session: &Session) -> StoreResult<()> {
+        self.update(SESSIONS.kind, &session.id, encode(session)?)
+            .await
+    }
+
+    async fn signing_keys(&self) -> StoreResult<Option<Vec<u8>>> {
+        let mut c = self.conn().await?;
+        c.get(set("meta:signing_keys")).await.map_err(map_err)
+    }
+
+    async fn init_signing_keys(&self, keys: Vec<u8>) -> StoreResult<Vec<u8>> {
+        let mut c = self.conn().await?;
+        let k = set("meta:signing_keys");
+        let _: bool = c.set_nx(&k, keys).await.map_err(map_err)?;
+        c.get(&k).await.map_err(map_err)
     }
 
     async fn app_token(&self, id: &str) -> StoreResult<Option<AppToken>> {
