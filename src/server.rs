@@ -31,6 +31,7 @@ use crate::store::instrumented::Instrumented;
 use crate::store::redis::RedisStore;
 use crate::tickets::Tickets;
 use crate::usage::Recorder;
+use crate::verify::external::ExternalIssuer;
 use crate::verify::session::SessionVerifier;
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +88,12 @@ pub fn build(
             config.session_audience.clone(),
             config.session_leeway.as_secs(),
             config.cache.max_entries,
+            config
+                .issuers
+                .iter()
+                .cloned()
+                .map(ExternalIssuer::new)
+                .collect(),
         ),
     }));
     if !config.session_keys.is_empty() {
@@ -210,6 +217,12 @@ pub fn run(
     if let Some(l) = echo {
         server.add_service(background_service("echo upstream", EchoService::new(l)));
     }
+    for issuer in parts.engine.sessions().externals() {
+        server.add_service(background_service(
+            &format!("JWKS of {}", issuer.config.issuer),
+            JwksRefresher(issuer.clone()),
+        ));
+    }
     server.add_service(background_service(
         "usage flusher",
         UsageFlusher(parts.engine.usage().clone()),
@@ -266,5 +279,15 @@ impl pingora::services::background::BackgroundService for UsageFlusher {
         self.0
             .run(std::time::Duration::from_secs(1), shutdown)
             .await;
+    }
+}
+
+/// Keeps another issuer's keys fresh.
+struct JwksRefresher(Arc<ExternalIssuer>);
+
+#[async_trait::async_trait]
+impl pingora::services::background::BackgroundService for JwksRefresher {
+    async fn start(&self, shutdown: pingora::server::ShutdownWatch) {
+        self.0.run(shutdown).await;
     }
 }

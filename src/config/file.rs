@@ -151,12 +151,20 @@ impl Default for Sessions {
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Issuer {
     pub issuer: String,
     pub jwks_url: String,
     pub audience: Option<String>,
     #[serde(default = "default_user_claim")]
     pub user_claim: String,
+    /// Clock skew allowed on this issuer's tokens.
+    #[serde(default = "default_issuer_leeway")]
+    pub leeway: String,
+}
+
+fn default_issuer_leeway() -> String {
+    "30s".into()
 }
 
 fn default_user_claim() -> String {

@@ -13,6 +13,7 @@ use serde::de::DeserializeOwned;
 
 use crate::jwt::{Algorithm, SigningKey};
 use crate::policy::{AuthMode, KindSet, PathPattern, Route, Routes};
+use crate::verify::external::IssuerConfig;
 
 /// Where requests go once admitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -76,6 +77,8 @@ pub struct Config {
     pub session_leeway: Duration,
     /// Configured signing keys, oldest first; empty: the store's own.
     pub session_keys: Vec<SigningKey>,
+    /// Other issuers whose JWTs are accepted as sessions.
+    pub issuers: Vec<IssuerConfig>,
     pub limits: Limits,
     /// Identity header prefix, lowercase (`x-auth-`).
     pub header_prefix: String,
@@ -281,20 +284,35 @@ impl Config {
                 Err(e) => problems.push(format!("{what}: not a {session_algorithm} key: {e}")),
             }
         }
+        let mut issuers = Vec::new();
         for (i, issuer) in sessions.issuers.iter().enumerate() {
+            let at = format!("sessions.issuers[{i}]");
             if !issuer.jwks_url.starts_with("http://") && !issuer.jwks_url.starts_with("https://") {
+                problems.push(format!("{at}.jwks_url must be an http(s) URL"));
+            }
+            if issuer.issuer.is_empty() || issuer.user_claim.is_empty() {
+                problems.push(format!("{at}: issuer and user_claim must not be empty"));
+            }
+            if issuer.issuer == sessions.issuer {
+                problems.push(format!("{at}.issuer is tokengate's own (sessions.issuer)"));
+            }
+            let audience = issuer.audience.clone().unwrap_or_default();
+            if audience.is_empty() {
                 problems.push(format!(
-                    "sessions.issuers[{i}].jwks_url must be an http(s) URL"
+                    "{at}.audience is required: a token meant for another audience must not pass"
                 ));
             }
-            if issuer.issuer.is_empty()
-                || issuer.user_claim.is_empty()
-                || issuer.audience.as_deref() == Some("")
-            {
-                problems.push(format!(
-                    "sessions.issuers[{i}]: issuer, audience and user_claim must not be empty"
-                ));
-            }
+            let leeway = humantime::parse_duration(&issuer.leeway).unwrap_or_else(|_| {
+                problems.push(format!("{at}.leeway = {:?}: not a duration", issuer.leeway));
+                Duration::ZERO
+            });
+            issuers.push(IssuerConfig {
+                issuer: issuer.issuer.clone(),
+                jwks_url: issuer.jwks_url.clone(),
+                audience,
+                user_claim: issuer.user_claim.clone(),
+                leeway_secs: leeway.as_secs(),
+            });
         }
         for (key, v) in [
             ("limits.tokens_per_user", limits.tokens_per_user),
@@ -345,6 +363,7 @@ impl Config {
             session_audience: sessions.audience,
             session_leeway,
             session_keys,
+            issuers,
             limits: Limits {
                 tokens_per_user: limits.tokens_per_user,
                 apps_per_token: limits.apps_per_token,

@@ -5,6 +5,7 @@
 //! [`Identity`]: crate::model::Identity
 
 pub mod app_token;
+pub mod external;
 pub mod session;
 pub mod ticket;
 pub mod user_token;
