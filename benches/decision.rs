@@ -45,6 +45,7 @@ struct Fixture {
     identity: IdentityHeaders,
     token: String,
     ticket: String,
+    session: String,
     _dir: tempfile::TempDir,
 }
 
@@ -122,17 +123,35 @@ fn fixture() -> Fixture {
             .unwrap();
     });
 
+    let session_key = tokengate::jwt::SigningKey::generate(tokengate::jwt::Algorithm::EdDSA)
+        .unwrap()
+        .to_pem()
+        .unwrap();
     let toml = format!(
         "[store]\nbackend = \"embedded\"\npath = {:?}\n\n[cache]\nttl = \"1h\"\n\n\
+         [sessions]\nkey = '''\n{session_key}'''\n\n\
          [[routes]]\npath = \"/db/{{app}}\"\n",
         db.to_str().unwrap()
     );
     let config = Config::from_toml(&toml, Vec::new()).unwrap();
     let store: SharedStore = Arc::new(store);
     let Parts {
-        engine, metrics, ..
+        engine,
+        metrics,
+        store: store_handle,
     } = server::build(&config, store, Arc::new(SystemClock)).unwrap();
     let identity = IdentityHeaders::new(&config.header_prefix).unwrap();
+    let sessions = tokengate::sessions::SessionTokens::new(
+        engine.clone(),
+        store_handle.clone(),
+        config.session_ttl,
+        config.remember_me_ttl,
+        config.session_algorithm,
+    );
+    let session = rt.block_on(async {
+        let alice = store_handle.user("alice").await.unwrap().unwrap();
+        sessions.open(&alice, None, false).await.unwrap().0
+    });
 
     Fixture {
         rt,
@@ -141,6 +160,7 @@ fn fixture() -> Fixture {
         identity,
         token: secret.token,
         ticket: ticket.token,
+        session,
         _dir: dir,
     }
 }
@@ -178,11 +198,13 @@ fn bench_decision(c: &mut Criterion) {
         identity,
         token,
         ticket,
+        session,
         ..
     } = &f;
 
     let ok = request_headers(Some(&format!("QB-USER-TOKEN {token}")));
     let with_ticket = request_headers(Some(&format!("Bearer {ticket}")));
+    let with_session = request_headers(Some(session));
     let missing = request_headers(None);
     let malformed = request_headers(Some("QB-USER-TOKEN garbage"));
 
@@ -192,6 +214,8 @@ fn bench_decision(c: &mut Criterion) {
     assert_eq!(who.user.id, "alice");
     assert_eq!(who.app_id(), Some("bq1"));
     assert!(admission.credentials.authorization);
+    let by_session = rt.block_on(engine.decide(parts(&with_session))).unwrap();
+    assert_eq!(by_session.identity.unwrap().method().as_str(), "session");
     let by_ticket = rt.block_on(engine.decide(parts(&with_ticket))).unwrap();
     assert_eq!(by_ticket.identity.unwrap().method().as_str(), "ticket");
     let store_calls = metrics.store_requests_total();
@@ -223,6 +247,10 @@ fn bench_decision(c: &mut Criterion) {
 
     g.bench_function("ticket_cache_hit", |b| {
         b.iter(|| black_box(rt.block_on(engine.decide(black_box(parts(&with_ticket))))));
+    });
+
+    g.bench_function("session_cache_hit", |b| {
+        b.iter(|| black_box(rt.block_on(engine.decide(black_box(parts(&with_session))))));
     });
 
     g.bench_function("user_token_cache_hit_with_headers", |b| {

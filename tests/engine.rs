@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 use http::{HeaderMap, HeaderValue, Method};
 use tokengate::cache::Invalidation;
-use tokengate::clock::ManualClock;
+use tokengate::clock::{Clock, ManualClock};
 use tokengate::config::Config;
 use tokengate::credential::format::{self, TokenKind};
 use tokengate::engine::{Engine, RequestParts};
@@ -18,6 +18,7 @@ use tokengate::error::AuthError;
 use tokengate::metrics::Metrics;
 use tokengate::model::{App, User, UserStatus, UserToken};
 use tokengate::server::{build, open_store};
+use tokengate::sessions::SessionTokens;
 use tokengate::store::SharedStore;
 
 fn t0() -> DateTime<Utc> {
@@ -46,7 +47,10 @@ async fn world(redis: bool, expires_at: Option<DateTime<Utc>>) -> World {
         ),
     };
     let config = Config::from_toml(
-        &format!("[store]\n{store}\n[[routes]]\npath = \"/db/{{app}}\"\n"),
+        &format!(
+            "[store]\n{store}\n[sessions]\nalgorithm = \"HS256\"\nkey = \"{}\"\n[[routes]]\npath = \"/db/{{app}}\"\n",
+            "s".repeat(32)
+        ),
         Vec::new(),
     )
     .unwrap();
@@ -314,4 +318,82 @@ async fn a_burst_writes_nothing_until_the_flush_embedded() {
 #[tokio::test]
 async fn a_burst_writes_nothing_until_the_flush_redis() {
     a_burst_writes_nothing_until_the_flush(true).await;
+}
+
+fn bearer(token: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(
+        "authorization",
+        HeaderValue::from_str(&format!("Bearer {token}")).unwrap(),
+    );
+    h
+}
+
+async fn decide_with(engine: &Engine, h: &HeaderMap) -> Result<(), AuthError> {
+    let parts = RequestParts {
+        method: &Method::GET,
+        path: "/db/bq1",
+        query: None,
+        headers: h,
+        xml: None,
+        client: None,
+    };
+    engine.decide(parts).await.map(|_| ()).map_err(|d| d.error)
+}
+
+#[tokio::test]
+async fn session_expiry_and_not_before_follow_the_clock_even_on_a_cache_hit() {
+    let w = world(false, None).await;
+    let sessions = SessionTokens::new(
+        w.engine.clone(),
+        w.store.clone(),
+        std::time::Duration::from_secs(48 * 3600),
+        std::time::Duration::from_secs(14 * 86_400),
+        tokengate::jwt::Algorithm::HS256,
+    );
+    let alice = w.store.user("alice").await.unwrap().unwrap();
+    let (token, session) = sessions.open(&alice, None, false).await.unwrap();
+    assert_eq!(session.expires_at, t0() + Duration::hours(48));
+    decide_with(&w.engine, &bearer(&token)).await.unwrap();
+    let reads = w.metrics.store_requests_total();
+    decide_with(&w.engine, &bearer(&token)).await.unwrap();
+    assert_eq!(
+        w.metrics.store_requests_total(),
+        reads,
+        "a cache hit: no store call, no signature"
+    );
+    w.clock.advance(Duration::hours(48) - Duration::seconds(1));
+    decide_with(&w.engine, &bearer(&token)).await.unwrap();
+    w.clock.advance(Duration::seconds(6));
+    assert_eq!(
+        decide_with(&w.engine, &bearer(&token)).await,
+        Err(AuthError::TokenExpired),
+        "past exp and the 5 s leeway"
+    );
+
+    // Not yet valid: a token whose nbf is ahead of the engine's clock.
+    let now = w.clock.now().timestamp();
+    let keys = w.engine.sessions().keys().unwrap();
+    let (_, fresh) = sessions.open(&alice, None, false).await.unwrap();
+    let early = keys
+        .sign_claims(&serde_json::json!({
+            "sub": "alice", "sid": fresh.id, "iat": now, "nbf": now + 3600, "exp": now + 7200,
+            "iss": "tokengate", "aud": "tokengate", "jti": "early"
+        }))
+        .unwrap();
+    assert_eq!(
+        decide_with(&w.engine, &bearer(&early)).await,
+        Err(AuthError::InvalidToken)
+    );
+    w.clock.advance(Duration::hours(1));
+    decide_with(&w.engine, &bearer(&early))
+        .await
+        .expect("valid once its nbf has come");
+
+    // Revocation is honoured on a cache hit.
+    sessions.revoke(fresh).await.unwrap();
+    assert_eq!(
+        decide_with(&w.engine, &bearer(&early)).await,
+        Err(AuthError::TokenRevoked)
+    );
 }
