@@ -383,6 +383,18 @@ impl Tokengate {
         self.wait_ready();
     }
 
+    /// The config file this instance runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("tokengate.toml")
+    }
+
+    /// Changes the config file (takes effect at the next [`Tokengate::restart`]).
+    pub fn rewrite_config(&self, f: impl FnOnce(String) -> String) {
+        let path = self.config_path();
+        let old = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, f(old)).unwrap();
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("tokengate.log")).unwrap_or_default()
     }
