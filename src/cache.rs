@@ -117,7 +117,13 @@ impl<T: Send + Sync + 'static> Table<T> {
             })
             .await;
         match loaded {
-            Ok(v) => Ok(v),
+            Ok(v) => {
+                // An invalidation between the check in the loader and moka's insert: drop it.
+                if epoch.load(Ordering::Acquire) != started {
+                    self.entries.invalidate(id).await;
+                }
+                Ok(v)
+            }
             Err(e) => match &*e {
                 LoadError::Raced(v) => Ok(v.clone()),
                 LoadError::Store(StoreError::Unavailable(m)) => {

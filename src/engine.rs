@@ -153,19 +153,16 @@ impl Engine {
     /// Decides one request, and counts the decision.
     pub async fn decide(&self, req: RequestParts<'_>) -> Result<Admission, Denial> {
         let started = Instant::now();
-        let out = if self.failures.is_blocked(req.client) {
-            Err(AuthError::TooManyFailures.into())
-        } else {
-            match self.decide_inner(req).await {
-                // Past the limit, a failure is answered 429 (and so is all else, for a while).
-                Err(d) if d.error.is_credential_failure() && self.failures.record(req.client) => {
-                    Err(Denial {
-                        error: AuthError::TooManyFailures,
-                        method: d.method,
-                    })
-                }
-                out => out,
+        // Past the limit, a client's failed credentials are answered 429. Valid ones still
+        // pass: behind a shared address, one guesser must not lock everyone out.
+        let out = match self.decide_inner(req).await {
+            Err(d) if d.error.is_credential_failure() && self.failures.record(req.client) => {
+                Err(Denial {
+                    error: AuthError::TooManyFailures,
+                    method: d.method,
+                })
             }
+            out => out,
         };
         self.metrics
             .auth_duration
@@ -180,6 +177,11 @@ impl Engine {
     }
 
     async fn decide_inner(&self, req: RequestParts<'_>) -> Result<Admission, Denial> {
+        if !crate::policy::is_plain_path(req.path)
+            || !crate::endpoints::action_is_unambiguous(req.query, req.headers)
+        {
+            return Err(AuthError::BadRequest.into());
+        }
         let (index, route, path_app) = self
             .routes
             .find(
@@ -195,7 +197,18 @@ impl Engine {
             forward_credentials: route.forward_credentials,
         };
         if route.auth == AuthMode::None {
-            return Ok(admit(None, Sources::default()));
+            // Nothing is checked, but no credential goes upstream either.
+            let sources = match self.credentials(&req) {
+                Ok(found) => found.sources,
+                Err(_) => Sources {
+                    authorization: true,
+                    query: true,
+                    cookie: true,
+                    app_token_header: true,
+                    xml_body: true,
+                },
+            };
+            return Ok(admit(None, sources));
         }
         let found = self.credentials(&req)?;
         let Some((kind, presented)) = found.primary() else {
@@ -213,10 +226,12 @@ impl Engine {
             AppTarget::App(app) => Some(app),
             AppTarget::Unscoped => None,
             AppTarget::Unnamed => return Err(deny(AuthError::AppNotAllowed)),
+            AppTarget::Ambiguous => return Err(deny(AuthError::BadRequest)),
         };
         let identity = self.verify(kind, presented, app).await.map_err(deny)?;
-        // A user token needs no app token, even where the app requires one.
-        if kind != CredentialKind::UserToken
+        // A ticket needs the app's app token where the app requires one (§1); a user token
+        // never does, and neither does a session.
+        if kind == CredentialKind::Ticket
             && let Some(app) = &identity.app
         {
             verify::app_token::check(&self.cache, found.app_token.as_deref(), app)
@@ -282,9 +297,6 @@ impl Engine {
 
     /// Who the request's credential stands for, with no route and no app: `/_auth/whoami`.
     pub async fn identify(&self, req: RequestParts<'_>) -> Result<Identity, Denial> {
-        if self.failures.is_blocked(req.client) {
-            return Err(AuthError::TooManyFailures.into());
-        }
         let found = self.credentials(&req)?;
         let (kind, presented) = found.primary().ok_or(AuthError::MissingCredentials)?;
         match self.verify(kind, presented, None).await {

@@ -43,10 +43,12 @@ pub enum AuthError {
     BodyTooLarge,
     #[error("the XML body is not well formed")]
     MalformedBody,
+    #[error("the request's path, action or app is malformed or given more than once")]
+    BadRequest,
 }
 
 impl AuthError {
-    pub const ALL: [AuthError; 18] = [
+    pub const ALL: [AuthError; 19] = [
         Self::NoRoute,
         Self::MissingCredentials,
         Self::InvalidToken,
@@ -65,6 +67,7 @@ impl AuthError {
         Self::UpstreamUnavailable,
         Self::BodyTooLarge,
         Self::MalformedBody,
+        Self::BadRequest,
     ];
 
     /// The stable `error` code of the contract.
@@ -88,6 +91,7 @@ impl AuthError {
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::BodyTooLarge => "body_too_large",
             Self::MalformedBody => "malformed_body",
+            Self::BadRequest => "bad_request",
         }
     }
 
@@ -105,7 +109,9 @@ impl AuthError {
             Self::AppNotAllowed | Self::CredentialNotAllowed | Self::Forbidden => {
                 StatusCode::FORBIDDEN
             }
-            Self::AmbiguousCredentials | Self::MalformedBody => StatusCode::BAD_REQUEST,
+            Self::AmbiguousCredentials | Self::MalformedBody | Self::BadRequest => {
+                StatusCode::BAD_REQUEST
+            }
             Self::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::TooManyFailures => StatusCode::TOO_MANY_REQUESTS,
             Self::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -168,7 +174,10 @@ impl AuthError {
                 83
             }
             Self::TooManyFailures => 77,
-            Self::AmbiguousCredentials | Self::MalformedBody | Self::BodyTooLarge => 2,
+            Self::AmbiguousCredentials
+            | Self::MalformedBody
+            | Self::BodyTooLarge
+            | Self::BadRequest => 2,
             Self::AuthUnavailable | Self::UpstreamUnavailable => 100,
         }
     }

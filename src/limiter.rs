@@ -1,7 +1,7 @@
-//! Failed credentials per client address (`limits.failures_per_minute`): past the limit, a
-//! client is answered `429 too_many_failures` for the rest of its minute, whatever it sends.
-//! A request from a client with no failures costs one read of an empty-ish map; nothing is
-//! written on success.
+//! Failed credentials per client address (`limits.failures_per_minute`): past the limit, the
+//! client's failed credentials are answered `429 too_many_failures` for the rest of its
+//! minute, and so are its sign-in attempts, right password or not. Valid credentials still
+//! pass. Nothing is read or written for a request whose credential is good.
 
 use std::net::IpAddr;
 use std::sync::Arc;

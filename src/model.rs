@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::usage::UseMark;
 
 /// A person or a service account.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct User {
     pub id: String,
     pub email: String,
@@ -28,6 +28,19 @@ pub struct User {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
     pub created_at: DateTime<Utc>,
+}
+
+/// Everything but the password hash.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("id", &self.id)
+            .field("email", &self.email)
+            .field("status", &self.status)
+            .field("apps", &self.apps)
+            .field("has_password", &self.password_hash.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl User {

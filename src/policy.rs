@@ -7,6 +7,15 @@ use http::{HeaderMap, HeaderName, Method};
 use crate::error::AuthError;
 use crate::model::{CredentialKind, Identity};
 
+/// Whether a path is safe to match as it is: no `.` or `..` segment, and no encoded slash,
+/// dot or backslash, which an upstream could resolve to a path no route was chosen for.
+pub fn is_plain_path(path: &str) -> bool {
+    const ENCODED: [&str; 6] = ["%2e", "%2E", "%2f", "%2F", "%5c", "%5C"];
+    !path.contains('\\')
+        && !ENCODED.iter().any(|e| path.contains(e))
+        && path.split('/').all(|seg| seg != "." && seg != "..")
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AuthMode {
     Required,
@@ -137,6 +146,8 @@ pub enum AppTarget<'r> {
     App(&'r str),
     /// The route takes the app from a header the request doesn't carry.
     Unnamed,
+    /// The header names more than one app.
+    Ambiguous,
 }
 
 impl Route {
@@ -163,7 +174,12 @@ impl Route {
             return AppTarget::App(app);
         }
         if let Some(name) = &self.app_header {
-            return match headers.get(name).and_then(|v| v.to_str().ok()) {
+            let mut values = headers.get_all(name).iter();
+            let first = values.next();
+            if values.next().is_some() {
+                return AppTarget::Ambiguous;
+            }
+            return match first.and_then(|v| v.to_str().ok()) {
                 Some(app) if !app.trim().is_empty() => AppTarget::App(app.trim()),
                 _ => AppTarget::Unnamed,
             };
@@ -287,6 +303,23 @@ mod tests {
             user_types: None,
             departments: None,
             forward_credentials: false,
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_encoded_separators_are_not_plain() {
+        assert!(is_plain_path("/db/bq1/records"));
+        assert!(is_plain_path("/db/bq1.v2/x"));
+        for bad in [
+            "/public/../admin",
+            "/db/bq1/..",
+            "/./x",
+            "/a/%2e%2e/b",
+            "/a%2Fb",
+            "/a\\b",
+            "/a%5cb",
+        ] {
+            assert!(!is_plain_path(bad), "{bad}");
         }
     }
 

@@ -707,6 +707,15 @@ async fn list_tokens(State(state): Shared, Query(q): Query<TokenQuery>) -> ApiRe
         active: q.active,
     };
     let tokens = state.store.user_tokens(&filter).await?;
+    // The tenant is the owner's: read each owner once.
+    let mut tenants: std::collections::HashMap<String, Option<String>> =
+        std::collections::HashMap::new();
+    for t in &tokens {
+        if !tenants.contains_key(&t.user_id) {
+            let tenant = state.store.user(&t.user_id).await?.and_then(|u| u.tenant);
+            tenants.insert(t.user_id.clone(), tenant);
+        }
+    }
     page(
         tokens,
         |t| &t.id,
@@ -714,7 +723,11 @@ async fn list_tokens(State(state): Shared, Query(q): Query<TokenQuery>) -> ApiRe
             cursor: q.cursor,
             limit: q.limit,
         },
-        |t| token_view(&t, None),
+        |t| {
+            let mut v = token_view(&t, None);
+            v["tenant"] = json!(tenants.get(&t.user_id).cloned().flatten());
+            v
+        },
     )
 }
 

@@ -51,7 +51,7 @@ pub struct Limits {
     pub xml_body_bytes: usize,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub listen: String,
     pub admin_listen: String,
@@ -84,6 +84,20 @@ pub struct Config {
     pub header_prefix: String,
     pub assertion: bool,
     pub routes: Routes,
+}
+
+/// The shape of a config, never its secrets (the admin key, signing keys, the store URL).
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("admin_listen", &self.admin_listen)
+            .field("upstream", &self.upstream)
+            .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
+            .field("session_keys", &self.session_keys.len())
+            .field("routes", &self.routes.iter().count())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Every problem found in a config, one per line.
@@ -179,6 +193,10 @@ impl Config {
         if server.threads == 0 {
             problems.push("server.threads must be at least 1".into());
         }
+        if headers.assertion {
+            problems
+                .push("headers.assertion: the X-Auth-Assertion JWT is not supported yet".into());
+        }
         if server.tls_cert.is_some() || server.tls_key.is_some() {
             problems.push(
                 "server.tls_cert / tls_key: TLS on the listeners is not supported yet".into(),
@@ -215,9 +233,8 @@ impl Config {
                     StoreConfig::Redis { url: url.clone() }
                 }
                 Some(url) => {
-                    problems.push(format!(
-                        "store.url = {url:?}: expected redis://host:port/db"
-                    ));
+                    // The URL may hold a password: not repeated here.
+                    problems.push("store.url: expected redis://host:port/db".into());
                     StoreConfig::Redis { url: url.clone() }
                 }
                 None => {
@@ -398,11 +415,30 @@ fn apply_env(
             problems.push(format!("{name}: no section [{section}] to set"));
             continue;
         }
-        let parsed = format!("v = {value}")
-            .parse::<toml::Table>()
-            .ok()
-            .and_then(|mut t| t.remove("v"))
-            .unwrap_or(toml::Value::String(value));
+        // Secrets, addresses and names stay strings even when they look like numbers.
+        const STRINGS: [&str; 12] = [
+            "key",
+            "key_file",
+            "url",
+            "path",
+            "listen",
+            "admin_listen",
+            "backend",
+            "issuer",
+            "audience",
+            "algorithm",
+            "prefix",
+            "auth_prefix",
+        ];
+        let parsed = if STRINGS.contains(&key.as_str()) {
+            toml::Value::String(value)
+        } else {
+            format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+                .unwrap_or(toml::Value::String(value))
+        };
         match table
             .entry(section.clone())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))

@@ -44,13 +44,26 @@ impl Slot {
 }
 
 /// Everything credential-like on one request, borrowed from it where possible.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Found<'a> {
     pub user_token: Option<Cow<'a, str>>,
     pub session: Option<Cow<'a, str>>,
     pub ticket: Option<Cow<'a, str>>,
     pub app_token: Option<Cow<'a, str>>,
     pub sources: Sources,
+}
+
+/// Which kinds were found and where; never the values.
+impl std::fmt::Debug for Found<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Found")
+            .field("user_token", &self.user_token.is_some())
+            .field("session", &self.session.is_some())
+            .field("ticket", &self.ticket.is_some())
+            .field("app_token", &self.app_token.is_some())
+            .field("sources", &self.sources)
+            .finish()
+    }
 }
 
 /// The same kind of credential was given twice with different values.

@@ -98,6 +98,35 @@ impl Response {
     }
 }
 
+/// Whether the request names its Quickbase action at most once: one `QUICKBASE-ACTION`
+/// header, one `a=`, and the two alike when both are given. Otherwise the action a route
+/// matched on might not be the one the upstream acts on.
+pub fn action_is_unambiguous(query: Option<&str>, headers: &HeaderMap) -> bool {
+    let mut header = headers.get_all("quickbase-action").iter();
+    let first = header.next();
+    if header.next().is_some() {
+        return false;
+    }
+    let mut params = query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|pair| pair.split_once('=').map_or(*pair, |(k, _)| k) == "a");
+    let param = params.next();
+    if params.next().is_some() {
+        return false;
+    }
+    match (first.and_then(|h| h.to_str().ok()), param) {
+        (Some(h), Some(p)) => {
+            let p = p.split_once('=').map_or("", |(_, v)| v);
+            percent_encoding::percent_decode_str(p)
+                .decode_utf8_lossy()
+                .eq_ignore_ascii_case(h.trim())
+        }
+        (None, Some(_)) | (None, None) => true,
+        (Some(_), None) => first.is_some_and(|h| h.to_str().is_ok()),
+    }
+}
+
 /// The Quickbase action a request names: `?a=API_…` or the `QUICKBASE-ACTION` header.
 pub fn qb_action<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<Cow<'a, str>> {
     if let Some(v) = headers
@@ -423,6 +452,13 @@ impl Endpoints {
     }
 
     async fn sign_out(&self, req: &Request<'_>, action: Option<&str>) -> Response {
+        // A GET must not sign anyone out (an image tag on another site could).
+        if action.is_none() && req.method != Method::POST {
+            return Response::json(
+                StatusCode::METHOD_NOT_ALLOWED,
+                json!({"error": "method_not_allowed", "message": "use POST", "request_id": req.request_id}),
+            );
+        }
         let mut found = match credential::extract(req.headers, req.query, &self.names) {
             Ok(f) => f,
             Err(_) => {

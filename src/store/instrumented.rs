@@ -33,8 +33,13 @@ impl Instrumented {
             .observe(started.elapsed().as_secs_f64());
         let reached = !matches!(out, Err(StoreError::Unavailable(_)));
         self.metrics.store_up.set(i64::from(reached));
+        // Not found, taken and over the limit are answers; unavailable and backend errors fail.
+        let answered = !matches!(
+            out,
+            Err(StoreError::Unavailable(_) | StoreError::Backend(_))
+        );
         self.metrics
-            .store_request(self.inner.backend(), op, out.is_ok() || reached);
+            .store_request(self.inner.backend(), op, answered);
         out
     }
 }

@@ -109,6 +109,8 @@ const DELETE_OWNED: &str = r"
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
 local owner = cjson.decode(v)[ARGV[3]]
+-- Checked before anything is deleted: a script error does not undo earlier writes.
+if type(owner) ~= 'string' then return redis.error_reply('record without an owner') end
 redis.call('DEL', KEYS[1])
 redis.call('DEL', KEYS[3])
 redis.call('SREM', KEYS[2], ARGV[1])
