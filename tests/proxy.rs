@@ -1103,3 +1103,56 @@ fn ambiguous_paths_actions_and_apps_are_refused_and_open_routes_get_no_credentia
     // Signing out takes a POST: a link or an image can't sign anyone out.
     assert_eq!(tg.get("/_auth/signout?ticket=tgt_x", &[]).status, 405);
 }
+
+#[test]
+fn a_deleted_app_leaves_no_grant_behind_for_an_app_made_later_under_its_id() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "",
+    );
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"]})),
+    );
+    let r = tg.admin(
+        "POST",
+        "/v1/users/al/tokens",
+        Some(json!({"name": "t", "apps": ["bq1"]})),
+    );
+    let (token, id) = (
+        r.json()["token"].as_str().unwrap().to_owned(),
+        r.json()["id"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&token))]).status,
+        200
+    );
+    assert_eq!(tg.admin("DELETE", "/v1/apps/bq1", None).status, 204);
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&token))]).error(),
+        "app_not_allowed"
+    );
+    assert_eq!(
+        tg.admin("GET", "/v1/users/al", None).json()["apps"],
+        json!([])
+    );
+    assert_eq!(
+        tg.admin("GET", &format!("/v1/tokens/{id}"), None).json()["apps"],
+        json!([])
+    );
+    tg.admin(
+        "POST",
+        "/v1/apps",
+        Some(json!({"id": "bq1", "name": "Someone else's"})),
+    );
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&token))]).error(),
+        "app_not_allowed",
+        "no old grant revived"
+    );
+}

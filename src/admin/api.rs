@@ -571,6 +571,27 @@ async fn patch_app(
 
 async fn delete_app(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let app_tokens = state.store.delete_app(&id).await?;
+    // The app's id leaves every user's and token's list too, so an app made later under the
+    // same id doesn't inherit old grants.
+    for mut user in state.store.users().await? {
+        if user.may_use(&id) {
+            user.apps.retain(|a| *a != id);
+            state.store.update_user(&user).await?;
+            state.engine.invalidate(&Invalidation::User(user.id)).await;
+        }
+    }
+    let assigned = TokenFilter {
+        app: Some(id.clone()),
+        ..TokenFilter::default()
+    };
+    for mut token in state.store.user_tokens(&assigned).await? {
+        token.apps.retain(|a| *a != id);
+        state.store.update_user_token(&token).await?;
+        state
+            .engine
+            .invalidate(&Invalidation::UserToken(token.id))
+            .await;
+    }
     state.engine.invalidate(&Invalidation::App(id)).await;
     for t in app_tokens {
         state.engine.invalidate(&Invalidation::AppToken(t)).await;
