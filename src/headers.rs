@@ -33,6 +33,7 @@ pub struct IdentityHeaders {
     user_type: HeaderName,
     tenant: HeaderName,
     expires_at: HeaderName,
+    assertion: HeaderName,
 }
 
 impl IdentityHeaders {
@@ -51,7 +52,13 @@ impl IdentityHeaders {
             user_type: name("user-type")?,
             tenant: name("tenant")?,
             expires_at: name("expires-at")?,
+            assertion: name("assertion")?,
         })
+    }
+
+    /// `X-Auth-Assertion` under the configured prefix.
+    pub fn assertion(&self) -> &HeaderName {
+        &self.assertion
     }
 
     /// Removes every header that carries the identity prefix, whatever the client sent.

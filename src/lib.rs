@@ -14,6 +14,7 @@
 //! [`server`] (assembly), [`cli`]. [`echo`] is the built-in upstream of the default config.
 
 pub mod admin;
+pub mod assertion;
 pub mod cache;
 pub mod cli;
 pub mod clock;

@@ -12,6 +12,7 @@ use pingora::server::{RunArgs, Server, ShutdownSignalWatch};
 use pingora::services::background::background_service;
 
 use crate::admin::{AdminService, AdminState, Lifecycles};
+use crate::assertion::Assertions;
 use crate::cache::Cache;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{Config, StoreConfig, Upstream};
@@ -196,6 +197,7 @@ pub fn run(
             identity,
             upstream.clone(),
             config.limits.xml_body_bytes,
+            config.assertion.clone().map(Assertions::new),
         ),
     );
     proxy.add_tcp(&config.listen);

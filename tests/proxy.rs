@@ -1156,3 +1156,60 @@ fn a_deleted_app_leaves_no_grant_behind_for_an_app_made_later_under_its_id() {
         "no old grant revived"
     );
 }
+
+#[test]
+fn the_upstream_can_check_the_identity_with_the_assertion() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "[headers]\nassertion = true\n",
+    );
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin("POST", "/v1/users", Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "department": "Ops", "apps": ["bq1"]})));
+    let r = tg.admin(
+        "POST",
+        "/v1/users/al/tokens",
+        Some(json!({"name": "t", "apps": ["bq1"]})),
+    );
+    let (token, id) = (
+        r.json()["token"].as_str().unwrap().to_owned(),
+        r.json()["id"].as_str().unwrap().to_owned(),
+    );
+    let r = tg.get(
+        "/db/bq1",
+        &[
+            ("authorization", &qb(&token)),
+            ("x-auth-assertion", "forged"),
+        ],
+    );
+    assert_eq!(r.status, 200);
+    let assertion = up.last().header("x-auth-assertion").unwrap().to_owned();
+    assert_ne!(assertion, "forged");
+    let jwks = tg.get("/_auth/jwks.json", &[]).json();
+    let keys = tokengate::jwt::KeySet::from_jwks(&jwks).unwrap().keys;
+    let rules = tokengate::jwt::VerifyRules {
+        issuer: "tokengate",
+        audience: "tokengate-assertion",
+        leeway_secs: 0,
+        now: chrono::Utc::now().timestamp(),
+    };
+    let claims: serde_json::Value = keys.verify_claims(&assertion, &rules).unwrap();
+    assert_eq!(claims["sub"], "al");
+    assert_eq!(claims["method"], "user_token");
+    assert_eq!(claims["credential_id"], id.as_str());
+    assert_eq!(claims["app_id"], "bq1");
+    assert_eq!(claims["department"], "Ops");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        60,
+        "at most 60 s"
+    );
+    assert!(!assertion.contains(&token));
+    let r = tg.get(
+        "/db/bq1",
+        &[("authorization", &format!("Bearer {assertion}"))],
+    );
+    assert_eq!(r.status, 401, "an assertion is not a session: {}", r.text());
+}

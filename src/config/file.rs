@@ -198,6 +198,8 @@ impl Default for Limits {
 pub struct Headers {
     pub prefix: String,
     pub assertion: bool,
+    /// The `aud` of `X-Auth-Assertion`: its own, so an assertion never passes as a session.
+    pub assertion_audience: String,
 }
 
 impl Default for Headers {
@@ -205,6 +207,7 @@ impl Default for Headers {
         Self {
             prefix: "X-Auth-".into(),
             assertion: false,
+            assertion_audience: "tokengate-assertion".into(),
         }
     }
 }

@@ -82,7 +82,8 @@ pub struct Config {
     pub limits: Limits,
     /// Identity header prefix, lowercase (`x-auth-`).
     pub header_prefix: String,
-    pub assertion: bool,
+    /// `X-Auth-Assertion` on, with this audience.
+    pub assertion: Option<String>,
     pub routes: Routes,
 }
 
@@ -193,9 +194,11 @@ impl Config {
         if server.threads == 0 {
             problems.push("server.threads must be at least 1".into());
         }
-        if headers.assertion {
-            problems
-                .push("headers.assertion: the X-Auth-Assertion JWT is not supported yet".into());
+        if headers.assertion_audience.is_empty() || headers.assertion_audience == sessions.audience
+        {
+            problems.push(
+                "headers.assertion_audience must be set, and differ from sessions.audience".into(),
+            );
         }
         if server.tls_cert.is_some() || server.tls_key.is_some() {
             problems.push(
@@ -389,7 +392,7 @@ impl Config {
                 xml_body_bytes: limits.xml_body_bytes,
             },
             header_prefix: prefix,
-            assertion: headers.assertion,
+            assertion: headers.assertion.then_some(headers.assertion_audience),
             routes,
         })
     }

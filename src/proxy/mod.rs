@@ -19,6 +19,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
+use crate::assertion::Assertions;
 use crate::credential::xml::{self, XmlBody};
 use crate::endpoints::{self, Endpoints};
 use crate::engine::{Admission, Engine, RequestParts};
@@ -42,6 +43,8 @@ pub struct Proxy {
     upstream: UpstreamTarget,
     /// The most of a body tokengate reads (XML bodies, sign-in forms).
     body_limit: usize,
+    /// `X-Auth-Assertion`, when configured.
+    assertions: Option<Assertions>,
 }
 
 impl Proxy {
@@ -51,6 +54,7 @@ impl Proxy {
         identity: IdentityHeaders,
         upstream: UpstreamTarget,
         body_limit: usize,
+        assertions: Option<Assertions>,
     ) -> Self {
         Self {
             engine,
@@ -58,6 +62,7 @@ impl Proxy {
             identity,
             upstream,
             body_limit,
+            assertions,
         }
     }
 }
@@ -70,6 +75,8 @@ pub struct RequestCtx {
     /// The body to send instead of the client's (an XML body without its credentials): taken
     /// by the first body chunk, so later chunks send nothing.
     body_replacement: Option<Option<Bytes>>,
+    /// The signed `X-Auth-Assertion` for this request's identity.
+    assertion: Option<HeaderValue>,
 }
 
 /// A request id: the client's `X-Request-Id` when it is a sane one, else a new one.
@@ -220,6 +227,7 @@ impl ProxyHttp for Proxy {
             admission: None,
             upstream_started: None,
             body_replacement: None,
+            assertion: None,
         }
     }
 
@@ -288,6 +296,16 @@ impl ProxyHttp for Proxy {
         };
         match self.engine.decide(parts).await {
             Ok(admission) => {
+                if let (Some(assertions), Some(identity)) = (&self.assertions, &admission.identity)
+                {
+                    match assertions.sign(&self.engine, identity) {
+                        Ok(v) => ctx.assertion = Some(v),
+                        Err(e) => {
+                            refuse(session, e, &ctx.request_id).await;
+                            return Ok(true);
+                        }
+                    }
+                }
                 if !admission.forward_credentials
                     && let Some(x) = parsed.as_ref().filter(|x| x.has_credentials())
                 {
@@ -356,6 +374,9 @@ impl ProxyHttp for Proxy {
             }
             if let Some(identity) = &admission.identity {
                 self.identity.set(upstream, identity);
+            }
+            if let Some(assertion) = ctx.assertion.take() {
+                let _ = upstream.insert_header(self.identity.assertion().clone(), assertion);
             }
         }
         if let Some(Some(replacement)) = &ctx.body_replacement {
