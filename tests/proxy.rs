@@ -1213,3 +1213,81 @@ fn the_upstream_can_check_the_identity_with_the_assertion() {
     );
     assert_eq!(r.status, 401, "an assertion is not a session: {}", r.text());
 }
+
+#[test]
+fn each_request_is_one_access_log_line_with_no_secret() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "",
+    );
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"]})),
+    );
+    let token = tg
+        .admin(
+            "POST",
+            "/v1/users/al/tokens",
+            Some(json!({"name": "t", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ok = tg.get(
+        &format!("/db/bq1?usertoken={token}"),
+        &[("x-request-id", "req-ok")],
+    );
+    assert_eq!(ok.status, 200);
+    let bad = format!("tgu_{}", "b".repeat(68));
+    tg.get(
+        "/db/bq1",
+        &[("authorization", &qb(&bad)), ("x-request-id", "req-bad")],
+    );
+    // The access line is written once the answer has gone out: wait for it, briefly.
+    let line = |id: &str| -> serde_json::Value {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let found = tg
+                .log()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .find(|v| v["target"] == "access" && v["fields"]["request_id"] == id);
+            if let Some(v) = found {
+                return v;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no access line for {id}:\n{}",
+                tg.log()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    let allowed = line("req-ok");
+    assert_eq!(allowed["fields"]["decision"], "allow");
+    assert_eq!(allowed["fields"]["route"], "/db/{app}");
+    assert_eq!(allowed["fields"]["app"], "bq1");
+    assert_eq!(allowed["fields"]["credential"], "user_token");
+    assert_eq!(allowed["fields"]["status"], 200);
+    assert!(allowed["fields"]["latency_us"].as_u64().is_some());
+    let denied = line("req-bad");
+    assert_eq!(
+        (
+            denied["fields"]["decision"].as_str(),
+            denied["fields"]["reason"].as_str()
+        ),
+        (Some("deny"), Some("invalid_token"))
+    );
+    assert_eq!(denied["fields"]["status"], 401);
+    let log = tg.log();
+    assert!(
+        !log.contains(&token) && !log.contains(&bad),
+        "no credential in the log"
+    );
+}

@@ -77,6 +77,21 @@ pub struct RequestCtx {
     body_replacement: Option<Option<Bytes>>,
     /// The signed `X-Auth-Assertion` for this request's identity.
     assertion: Option<HeaderValue>,
+    started: Option<Instant>,
+    /// What was decided, for the access log.
+    outcome: Outcome,
+}
+
+/// One request's decision, as the access log tells it: bounded values and ids, no secret.
+#[derive(Default)]
+struct Outcome {
+    route: Option<usize>,
+    credential: Option<crate::model::CredentialKind>,
+    app: Option<Arc<crate::model::App>>,
+    /// `allow`, `deny`, `error` or `endpoint`.
+    decision: &'static str,
+    /// `ok` or an error code.
+    reason: &'static str,
 }
 
 /// A request id: the client's `X-Request-Id` when it is a sane one, else a new one.
@@ -228,6 +243,8 @@ impl ProxyHttp for Proxy {
             upstream_started: None,
             body_replacement: None,
             assertion: None,
+            started: None,
+            outcome: Outcome::default(),
         }
     }
 
@@ -236,6 +253,7 @@ impl ProxyHttp for Proxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<bool> {
+        ctx.started = Some(Instant::now());
         let req = session.req_header();
         ctx.request_id = request_id(&req.headers);
         let endpoint = self
@@ -248,6 +266,8 @@ impl ProxyHttp for Proxy {
                     Ok(b) => b,
                     Err(e) => {
                         session.set_keepalive(None);
+                        ctx.outcome.decision = e.outcome();
+                        ctx.outcome.reason = e.code();
                         refuse(session, e, &ctx.request_id).await;
                         return Ok(true);
                     }
@@ -259,8 +279,9 @@ impl ProxyHttp for Proxy {
             match xml::read(&body) {
                 Ok(x) => Some(x),
                 Err(e) => {
-                    let id = ctx.request_id.to_str().unwrap_or("");
-                    tracing::info!(request_id = id, error = %e, reason = "malformed_body", "request denied");
+                    tracing::debug!(request_id = ctx.request_id.to_str().unwrap_or(""), error = %e, "malformed XML body");
+                    ctx.outcome.decision = "deny";
+                    ctx.outcome.reason = AuthError::MalformedBody.code();
                     refuse(session, AuthError::MalformedBody, &ctx.request_id).await;
                     return Ok(true);
                 }
@@ -282,6 +303,8 @@ impl ProxyHttp for Proxy {
                 client: client_ip(session),
             };
             let answer = self.endpoints.handle(endpoint, &request).await;
+            ctx.outcome.decision = "endpoint";
+            ctx.outcome.reason = "ok";
             respond(session, answer, &ctx.request_id).await;
             return Ok(true);
         }
@@ -296,11 +319,20 @@ impl ProxyHttp for Proxy {
         };
         match self.engine.decide(parts).await {
             Ok(admission) => {
+                ctx.outcome = Outcome {
+                    route: Some(admission.route),
+                    credential: admission.identity.as_ref().map(|i| i.method()),
+                    app: admission.identity.as_ref().and_then(|i| i.app.clone()),
+                    decision: "allow",
+                    reason: "ok",
+                };
                 if let (Some(assertions), Some(identity)) = (&self.assertions, &admission.identity)
                 {
                     match assertions.sign(&self.engine, identity) {
                         Ok(v) => ctx.assertion = Some(v),
                         Err(e) => {
+                            ctx.outcome.decision = e.outcome();
+                            ctx.outcome.reason = e.code();
                             refuse(session, e, &ctx.request_id).await;
                             return Ok(true);
                         }
@@ -315,12 +347,9 @@ impl ProxyHttp for Proxy {
                 Ok(false)
             }
             Err(denial) => {
-                tracing::info!(
-                    request_id = ctx.request_id.to_str().unwrap_or(""),
-                    method = denial.method.map_or("none", |m| m.as_str()),
-                    reason = denial.error.code(),
-                    "request denied"
-                );
+                ctx.outcome.credential = denial.method;
+                ctx.outcome.decision = denial.error.outcome();
+                ctx.outcome.reason = denial.error.code();
                 refuse(session, denial.error, &ctx.request_id).await;
                 Ok(true)
             }
@@ -402,6 +431,8 @@ impl ProxyHttp for Proxy {
             (ErrorType::HTTPStatus(code), _) => *code,
             (_, ErrorSource::Upstream) => {
                 tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "upstream unavailable");
+                ctx.outcome.decision = "error";
+                ctx.outcome.reason = AuthError::UpstreamUnavailable.code();
                 refuse(session, AuthError::UpstreamUnavailable, &ctx.request_id).await;
                 return FailToProxy {
                     error_code: 502,
@@ -437,6 +468,21 @@ impl ProxyHttp for Proxy {
     }
 
     async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let o = &ctx.outcome;
+        // One line per request: ids and bounded values only, never a credential or a query.
+        tracing::info!(
+            target: "access",
+            request_id = ctx.request_id.to_str().unwrap_or(""),
+            http_method = session.req_header().method.as_str(),
+            route = o.route.and_then(|i| self.engine.routes().get(i)).map(|r| r.path.as_str()),
+            app = o.app.as_deref().map(|a| a.id.as_str()),
+            credential = o.credential.map_or("none", |k| k.as_str()),
+            decision = o.decision,
+            reason = o.reason,
+            status,
+            latency_us = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
+        );
         if let Some(started) = ctx.upstream_started {
             let metrics = self.engine.metrics();
             metrics
