@@ -1291,3 +1291,60 @@ fn each_request_is_one_access_log_line_with_no_secret() {
         "no credential in the log"
     );
 }
+
+#[test]
+fn tenants_keep_to_themselves() {
+    let up = Upstream::start();
+    let tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "",
+    );
+    tg.admin(
+        "POST",
+        "/v1/apps",
+        Some(json!({"id": "a1", "name": "A", "tenant": "acme"})),
+    );
+    tg.admin(
+        "POST",
+        "/v1/apps",
+        Some(json!({"id": "g1", "name": "G", "tenant": "globex"})),
+    );
+    let r = tg.admin("POST", "/v1/users", Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "tenant": "acme", "apps": ["a1", "g1"]})));
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("apps")),
+        "another tenant's app: {}",
+        r.text()
+    );
+    let r = tg.admin("POST", "/v1/users", Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "tenant": "acme", "apps": ["a1"]})));
+    assert_eq!(r.status, 201);
+    let r = tg.admin("PATCH", "/v1/users/al", Some(json!({"apps": ["a1", "g1"]})));
+    assert_eq!((r.status, r.json()["field"].clone()), (400, json!("apps")));
+    let r = tg.admin("PATCH", "/v1/users/al", Some(json!({"tenant": "globex"})));
+    assert_eq!(
+        r.status,
+        400,
+        "moving tenant with the old tenant's apps: {}",
+        r.text()
+    );
+    let r = tg.admin(
+        "POST",
+        "/v1/users/al/tokens",
+        Some(json!({"name": "t", "apps": ["a1"]})),
+    );
+    assert_eq!(r.json()["tenant"], "acme");
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(
+        tg.get("/db/a1", &[("authorization", &qb(&token))]).status,
+        200
+    );
+    assert_eq!(up.last().header("x-auth-tenant"), Some("acme"));
+    // An app moved to another tenant is out of reach at once.
+    tg.admin("PATCH", "/v1/apps/a1", Some(json!({"tenant": "globex"})));
+    assert_eq!(
+        tg.get("/db/a1", &[("authorization", &qb(&token))]).error(),
+        "app_not_allowed"
+    );
+}

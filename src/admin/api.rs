@@ -239,13 +239,22 @@ fn check_email(email: &str) -> ApiResult<()> {
 }
 
 /// Every app named exists.
-async fn check_apps_exist(state: &AdminState, apps: &[String]) -> ApiResult<()> {
-    for app in apps {
-        check_id("apps", app)?;
-        if state.store.app(app).await?.is_none() {
+/// Every app named exists and, where tenants are used, belongs to `tenant`.
+async fn check_apps(state: &AdminState, apps: &[String], tenant: Option<&str>) -> ApiResult<()> {
+    for id in apps {
+        check_id("apps", id)?;
+        let Some(app) = state.store.app(id).await? else {
             return Err(ApiError::invalid(
                 "apps",
-                format!("apps: there is no app {app:?}"),
+                format!("apps: there is no app {id:?}"),
+            ));
+        };
+        if let (Some(theirs), Some(ours)) = (app.tenant.as_deref(), tenant)
+            && theirs != ours
+        {
+            return Err(ApiError::invalid(
+                "apps",
+                format!("apps: app {id:?} belongs to another tenant"),
             ));
         }
     }
@@ -359,7 +368,7 @@ async fn create_user(
     check_optional("user_type", new.user_type.as_deref())?;
     check_optional("tenant", new.tenant.as_deref())?;
     let apps = dedup(new.apps);
-    check_apps_exist(&state, &apps).await?;
+    check_apps(&state, &apps, new.tenant.as_deref()).await?;
     let password_hash = match new.password {
         Some(p) => Some(password_hash(p).await?),
         None => None,
@@ -442,6 +451,7 @@ async fn patch_user(
         check_optional("user_type", t.as_deref())?;
         user.user_type = t;
     }
+    let tenant_changed = patch.tenant.is_some();
     if let Some(t) = patch.tenant {
         check_optional("tenant", t.as_deref())?;
         user.tenant = t;
@@ -450,9 +460,10 @@ async fn patch_user(
         user.status = s;
     }
     if let Some(apps) = patch.apps {
-        let apps = dedup(apps);
-        check_apps_exist(&state, &apps).await?;
-        user.apps = apps;
+        user.apps = dedup(apps);
+        check_apps(&state, &user.apps, user.tenant.as_deref()).await?;
+    } else if tenant_changed {
+        check_apps(&state, &user.apps, user.tenant.as_deref()).await?;
     }
     if let Some(p) = patch.password {
         user.password_hash = Some(password_hash(p).await?);
@@ -639,7 +650,7 @@ async fn check_token_apps(
             ),
         ));
     }
-    check_apps_exist(state, &apps).await?;
+    check_apps(state, &apps, owner.tenant.as_deref()).await?;
     if let Some(app) = apps.iter().find(|a| !owner.may_use(a)) {
         return Err(ApiError::invalid(
             "apps",

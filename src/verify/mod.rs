@@ -42,6 +42,10 @@ pub(crate) async fn owners_app(
         return Err(AuthError::AppNotAllowed);
     }
     match cache.app(app).await.map_err(unavailable)? {
+        // Where tenants are used, a user reaches only its own tenant's apps.
+        Cached::Found(app) if matches!((&app.tenant, &user.tenant), (Some(a), Some(u)) if a != u) => {
+            Err(AuthError::AppNotAllowed)
+        }
         Cached::Found(app) => Ok(Some(app)),
         Cached::Missing => Err(AuthError::AppNotAllowed),
     }
