@@ -1348,3 +1348,55 @@ fn tenants_keep_to_themselves() {
         "app_not_allowed"
     );
 }
+
+#[test]
+fn a_narrower_token_replaces_its_owners_department_and_user_type() {
+    let up = Upstream::start();
+    let routes = "[[routes]]\npath = \"/sales\"\napp = \"bq1\"\ndepartments = [\"Sales\"]\n\n[[routes]]\npath = \"/admins\"\napp = \"bq1\"\nuser_types = [\"admin\"]\n\n[[routes]]\npath = \"/db/{app}\"\n";
+    let tg = Tokengate::start(&Backend::Embedded, &up.url(), routes, "");
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin("POST", "/v1/users", Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "department": "Sales", "user_type": "admin", "apps": ["bq1"]})));
+    let full = tg
+        .admin(
+            "POST",
+            "/v1/users/al/tokens",
+            Some(json!({"name": "full", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = tg.admin("POST", "/v1/users/al/tokens", Some(json!({"name": "narrow", "apps": ["bq1"], "department": "Support", "user_type": "member"})));
+    assert_eq!(
+        (
+            r.json()["department"].as_str(),
+            r.json()["user_type"].as_str()
+        ),
+        (Some("Support"), Some("member"))
+    );
+    let narrow = r.json()["token"].as_str().unwrap().to_owned();
+    for path in ["/sales", "/admins"] {
+        assert_eq!(
+            tg.get(path, &[("authorization", &qb(&full))]).status,
+            200,
+            "{path}, the owner's own"
+        );
+        assert_eq!(
+            tg.get(path, &[("authorization", &qb(&narrow))]).error(),
+            "forbidden",
+            "{path}, narrowed"
+        );
+    }
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&narrow))]).status,
+        200
+    );
+    let seen = up.last();
+    assert_eq!(
+        (
+            seen.header("x-auth-department"),
+            seen.header("x-auth-user-type")
+        ),
+        (Some("Support"), Some("member"))
+    );
+}
