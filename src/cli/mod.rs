@@ -1,5 +1,5 @@
-//! The command line: `serve` and `check-config`. (The admin verbs, a client of the admin API,
-//! live beside these.)
+//! The command line: `serve`, `check-config`, and the admin verbs (a client of the admin API,
+//! in `admin.rs`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::config::Config;
+
+mod admin;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -17,6 +19,8 @@ use crate::config::Config;
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    admin: admin::Global,
 }
 
 #[derive(Debug, Subcommand)]
@@ -32,6 +36,8 @@ enum Command {
         #[arg(short, long, default_value = "config/tokengate.toml")]
         config: PathBuf,
     },
+    #[command(flatten)]
+    Admin(admin::AdminCommand),
 }
 
 fn load(path: &Path) -> Result<Config, ExitCode> {
@@ -72,5 +78,6 @@ pub fn main() -> ExitCode {
             }
             Err(code) => code,
         },
+        Command::Admin(command) => admin::run(command, &cli.admin),
     }
 }
