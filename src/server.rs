@@ -180,11 +180,24 @@ pub fn run(
         config.remember_me_ttl,
         config.session_algorithm,
     ));
+    let admin = Arc::new(AdminState::new(
+        parts.engine.clone(),
+        parts.store.clone(),
+        parts.metrics.clone(),
+        config.limits.clone(),
+        config.listen.clone(),
+        config.admin_key.clone(),
+        Lifecycles {
+            tickets: tickets.clone(),
+            sessions: sessions.clone(),
+        },
+    ));
     let endpoints = Endpoints::new(
         parts.engine.clone(),
+        admin.clone(),
         &config.auth_prefix,
-        tickets.clone(),
-        sessions.clone(),
+        tickets,
+        sessions,
         parts.engine.names().clone(),
     );
     let identity = IdentityHeaders::new(&config.header_prefix)
@@ -203,18 +216,9 @@ pub fn run(
     proxy.add_tcp(&config.listen);
     server.add_service(proxy);
 
-    let admin = AdminState::new(
-        parts.engine.clone(),
-        parts.store.clone(),
-        parts.metrics.clone(),
-        config.limits.clone(),
-        config.listen.clone(),
-        config.admin_key.clone(),
-        Lifecycles { tickets, sessions },
-    );
     server.add_service(background_service(
         "admin",
-        AdminService::new(Arc::new(admin), admin_listener),
+        AdminService::new(admin, admin_listener),
     ));
     if let Some(l) = echo {
         server.add_service(background_service("echo upstream", EchoService::new(l)));

@@ -1171,3 +1171,94 @@ async fn delete_user_sessions(
     }
     Ok(Json(json!({ "deleted": deleted })))
 }
+
+// ---------------------------------------------------------------- self-service (/_auth/tokens)
+
+/// A signed-in user's own user tokens (`/_auth/tokens`): the admin API's token handlers with
+/// the owner fixed to the caller, every token id checked to be the caller's, and no way to
+/// give a token a department or user type other than the caller's own (those would widen
+/// what route rules let it do). Answers (status, JSON body).
+pub(crate) async fn self_service(
+    state: Arc<AdminState>,
+    caller: &User,
+    method: &axum::http::Method,
+    token_id: Option<String>,
+    query: Option<&str>,
+    body: &[u8],
+) -> (StatusCode, Vec<u8>) {
+    use axum::http::Method;
+    let body = Bytes::copy_from_slice(body);
+    let response = match (method, token_id) {
+        (&Method::GET, None) => match serde_urlencoded::from_str::<Page>(query.unwrap_or("")) {
+            Ok(page) => {
+                let q = TokenQuery {
+                    user: Some(caller.id.clone()),
+                    app: None,
+                    active: None,
+                    cursor: page.cursor,
+                    limit: page.limit,
+                };
+                list_tokens(State(state), Query(q)).await.into_response()
+            }
+            Err(e) => ApiError::invalid("query", format!("query: {e}")).into_response(),
+        },
+        (&Method::POST, None) => match own_narrowing(caller, &body) {
+            Ok(()) => create_token(State(state), Path(caller.id.clone()), Ok(body))
+                .await
+                .into_response(),
+            Err(e) => e.into_response(),
+        },
+        (&Method::GET | &Method::PATCH | &Method::DELETE, Some(id)) => {
+            match state.store.user_token(&id).await {
+                Ok(Some(t)) if t.user_id == caller.id => match *method {
+                    Method::GET => get_token(State(state), Path(id)).await.into_response(),
+                    Method::PATCH => patch_token(State(state), Path(id), Ok(body))
+                        .await
+                        .into_response(),
+                    _ => delete_token(State(state), Path(id)).await.into_response(),
+                },
+                // Another user's token is as unknown as a missing one.
+                Ok(_) => ApiError::not_found(format!("you have no token {id:?}")).into_response(),
+                Err(e) => ApiError::from(e).into_response(),
+            }
+        }
+        _ => ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "GET or POST /tokens; GET, PATCH or DELETE /tokens/{id}",
+        )
+        .into_response(),
+    };
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .map(|b| b.to_vec())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// A self-service token may carry a department or user type only if it is the caller's own.
+fn own_narrowing(caller: &User, body: &[u8]) -> ApiResult<()> {
+    // A body that isn't a JSON object is left to the handler's own error.
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return Ok(());
+    };
+    for (field, own) in [
+        ("department", &caller.department),
+        ("user_type", &caller.user_type),
+    ] {
+        match fields.get(field) {
+            None | Some(Value::Null) => {}
+            Some(v) if v.as_str() == own.as_deref() => {}
+            Some(_) => {
+                return Err(ApiError::invalid(
+                    field,
+                    format!(
+                        "{field}: only an administrator gives a token a {field} other than its owner's"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

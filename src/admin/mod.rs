@@ -4,6 +4,8 @@
 
 mod api;
 
+pub(crate) use api::self_service;
+
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex, OnceLock};
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use http::{HeaderMap, Method, StatusCode};
 use serde_json::json;
 
+use crate::admin::AdminState;
 use crate::credential::xml::XmlBody;
 use crate::credential::{self, CredentialNames};
 use crate::engine::{Engine, RequestParts};
@@ -29,6 +30,8 @@ pub enum Endpoint {
     Unknown,
     QbAuthenticate,
     QbSignOut,
+    /// `/_auth/tokens[/{id}]`: a signed-in user's own user tokens.
+    Tokens,
 }
 
 impl Endpoint {
@@ -41,6 +44,7 @@ impl Endpoint {
 /// The parts of a request an endpoint looks at.
 pub struct Request<'a> {
     pub method: &'a Method,
+    pub path: &'a str,
     pub query: Option<&'a str>,
     pub headers: &'a HeaderMap,
     pub body: &'a [u8],
@@ -152,6 +156,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
 
 pub struct Endpoints {
     engine: Arc<Engine>,
+    admin: Arc<AdminState>,
     prefix: String,
     tickets: Arc<Tickets>,
     sessions: Arc<SessionTokens>,
@@ -161,6 +166,7 @@ pub struct Endpoints {
 impl Endpoints {
     pub fn new(
         engine: Arc<Engine>,
+        admin: Arc<AdminState>,
         prefix: &str,
         tickets: Arc<Tickets>,
         sessions: Arc<SessionTokens>,
@@ -168,6 +174,7 @@ impl Endpoints {
     ) -> Arc<Self> {
         Arc::new(Self {
             engine,
+            admin,
             prefix: prefix.trim_end_matches('/').to_owned(),
             tickets,
             sessions,
@@ -184,6 +191,7 @@ impl Endpoints {
                 "/login" => Some(Endpoint::Login),
                 "/jwks.json" => Some(Endpoint::Jwks),
                 "/whoami" => Some(Endpoint::WhoAmI),
+                r if r == "/tokens" || r.starts_with("/tokens/") => Some(Endpoint::Tokens),
                 r if r.is_empty() || r.starts_with('/') => Some(Endpoint::Unknown),
                 _ => None,
             };
@@ -209,6 +217,7 @@ impl Endpoints {
             Endpoint::WhoAmI => self.whoami(req).await,
             Endpoint::Login => self.login(req).await,
             Endpoint::Jwks => self.jwks(req),
+            Endpoint::Tokens => self.tokens(req).await,
             Endpoint::Unknown => Response::error(AuthError::NoRoute, req.request_id, None),
         }
     }
@@ -451,6 +460,71 @@ impl Endpoints {
         }
     }
 
+    /// `GET|POST /_auth/tokens`, `PATCH|DELETE /_auth/tokens/{id}`: the caller's own user
+    /// tokens, for a ticket or a session (a user token can't manage tokens).
+    async fn tokens(&self, req: &Request<'_>) -> Response {
+        let rest = req
+            .path
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix("/tokens"))
+            .unwrap_or("");
+        let token_id = match rest.trim_end_matches('/') {
+            "" => None,
+            r => match r.strip_prefix('/') {
+                Some(id) if !id.contains('/') => Some(id.to_owned()),
+                _ => return Response::error(AuthError::NoRoute, req.request_id, None),
+            },
+        };
+        let parts = RequestParts {
+            method: req.method,
+            path: "",
+            query: req.query,
+            headers: req.headers,
+            xml: None,
+            client: req.client,
+        };
+        let identity = match self.engine.identify(parts).await {
+            Ok(id) => id,
+            Err(d) => return Response::error(d.error, req.request_id, None),
+        };
+        if identity.method() == crate::model::CredentialKind::UserToken {
+            return Response::error(AuthError::CredentialNotAllowed, req.request_id, None);
+        }
+        // A ticket may ride in a cookie: a write must be JSON, which a page on another site
+        // can't send without the browser asking this origin first (CORS preflight).
+        if matches!(*req.method, Method::POST | Method::PATCH) && !is_json(req.headers) {
+            return Response::json(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                json!({"error": "unsupported_media_type",
+                       "message": "send the body as JSON (Content-Type: application/json)",
+                       "request_id": req.request_id}),
+            );
+        }
+        let (status, body) = crate::admin::self_service(
+            self.admin.clone(),
+            &identity.user,
+            req.method,
+            token_id,
+            req.query,
+            req.body,
+        )
+        .await;
+        let mut body = body;
+        if !status.is_success() {
+            // The admin API's error, with this request's id, as every §4 error carries.
+            if let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) {
+                v["request_id"] = json!(req.request_id);
+                body = v.to_string().into_bytes();
+            }
+        }
+        Response {
+            status,
+            content_type: "application/json",
+            headers: Vec::new(),
+            body,
+        }
+    }
+
     async fn sign_out(&self, req: &Request<'_>, action: Option<&str>) -> Response {
         // A GET must not sign anyone out (an image tag on another site could).
         if action.is_none() && req.method != Method::POST {
@@ -493,6 +567,14 @@ impl Endpoints {
         r.headers.push(("set-cookie", self.cookie("", 0)));
         r
     }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"))
 }
 
 fn invalid(request_id: &str, field: &str, message: &str) -> Response {

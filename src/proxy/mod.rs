@@ -295,6 +295,7 @@ impl ProxyHttp for Proxy {
             let id = ctx.request_id.to_str().unwrap_or("").to_owned();
             let request = endpoints::Request {
                 method: &req.method,
+                path: req.uri.path(),
                 query: req.uri.query(),
                 headers: &req.headers,
                 body: &body,
