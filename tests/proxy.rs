@@ -1293,14 +1293,19 @@ fn each_request_is_one_access_log_line_with_no_secret() {
 }
 
 #[test]
-fn tenants_keep_to_themselves() {
+fn tenants_keep_to_themselves_embedded() {
+    tenants_keep_to_themselves(&Backend::Embedded);
+}
+
+#[test]
+fn tenants_keep_to_themselves_redis() {
+    let redis = RedisServer::start();
+    tenants_keep_to_themselves(&Backend::Redis(redis.url()));
+}
+
+fn tenants_keep_to_themselves(backend: &Backend) {
     let up = Upstream::start();
-    let tg = Tokengate::start(
-        &Backend::Embedded,
-        &up.url(),
-        "[[routes]]\npath = \"/db/{app}\"\n",
-        "",
-    );
+    let tg = Tokengate::start(backend, &up.url(), "[[routes]]\npath = \"/db/{app}\"\n", "");
     tg.admin(
         "POST",
         "/v1/apps",
@@ -1350,10 +1355,20 @@ fn tenants_keep_to_themselves() {
 }
 
 #[test]
-fn a_narrower_token_replaces_its_owners_department_and_user_type() {
+fn a_narrower_token_replaces_its_owners_department_and_user_type_embedded() {
+    a_narrower_token_replaces_its_owners_department_and_user_type(&Backend::Embedded);
+}
+
+#[test]
+fn a_narrower_token_replaces_its_owners_department_and_user_type_redis() {
+    let redis = RedisServer::start();
+    a_narrower_token_replaces_its_owners_department_and_user_type(&Backend::Redis(redis.url()));
+}
+
+fn a_narrower_token_replaces_its_owners_department_and_user_type(backend: &Backend) {
     let up = Upstream::start();
     let routes = "[[routes]]\npath = \"/sales\"\napp = \"bq1\"\ndepartments = [\"Sales\"]\n\n[[routes]]\npath = \"/admins\"\napp = \"bq1\"\nuser_types = [\"admin\"]\n\n[[routes]]\npath = \"/db/{app}\"\n";
-    let tg = Tokengate::start(&Backend::Embedded, &up.url(), routes, "");
+    let tg = Tokengate::start(backend, &up.url(), routes, "");
     tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
     tg.admin("POST", "/v1/users", Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "department": "Sales", "user_type": "admin", "apps": ["bq1"]})));
     let full = tg
