@@ -180,6 +180,40 @@ fn apps_users_and_tokens_end_to_end() {
     let v = run(&tg, &["token", "list", "--json"]).ok().json();
     assert_eq!(v["items"].as_array().unwrap().len(), 1);
 
+    // A narrower token: its own user type, shown; expiry in RFC 3339.
+    let v = run(
+        &tg,
+        &[
+            "--json",
+            "token",
+            "create",
+            "--user",
+            "u1",
+            "--name",
+            "viewer",
+            "--app",
+            "bq1",
+            "--user-type",
+            "viewer",
+            "--expires-at",
+            "2099-01-01T00:00:00Z",
+        ],
+    )
+    .ok()
+    .json();
+    assert_eq!(
+        (v["user_type"].as_str(), v["department"].as_str()),
+        (Some("viewer"), None)
+    );
+    assert!(v["expires_at"].as_str().unwrap().starts_with("2099-01-01"));
+    let narrow = v["id"].as_str().unwrap().to_owned();
+    let inspect = run(&tg, &["token", "inspect", &narrow]).ok().stdout;
+    assert!(
+        inspect.contains("viewer") && inspect.contains("in "),
+        "{inspect}"
+    );
+    run(&tg, &["token", "delete", &narrow]).ok();
+
     // Deactivated: refused through the proxy; activated: let in again.
     run(&tg, &["token", "deactivate", &id]).ok();
     assert_eq!(proxy_status(&tg, &secret), 401);

@@ -126,6 +126,12 @@ pub enum TokenVerb {
         /// RFC 3339, e.g. 2027-01-31T00:00:00Z.
         #[arg(long)]
         expires_at: Option<String>,
+        /// For this token, instead of the owner's department.
+        #[arg(long)]
+        department: Option<String>,
+        /// For this token, instead of the owner's user type.
+        #[arg(long)]
+        user_type: Option<String>,
     },
     /// List user tokens.
     List {
@@ -510,7 +516,19 @@ async fn token(c: &Client, verb: TokenVerb) -> Outcome {
             apps,
             description,
             expires_at,
-        } => create_token(c, &user, name, apps, description, expires_at).await,
+            department,
+            user_type,
+        } => {
+            let body = object(vec![
+                ("name", Some(json!(name))),
+                ("apps", Some(json!(apps))),
+                ("description", opt(description)),
+                ("expires_at", opt(expires_at.clone())),
+                ("department", opt(department)),
+                ("user_type", opt(user_type)),
+            ]);
+            create_token(c, &user, expires_at.as_deref(), body).await
+        }
         TokenVerb::List { user, app, active } => {
             let mut params = Vec::new();
             params.extend(user.map(|u| ("user", u)));
@@ -532,24 +550,11 @@ fn token_path(id: &str) -> String {
     format!("/v1/tokens/{}", seg(id))
 }
 
-async fn create_token(
-    c: &Client,
-    user: &str,
-    name: String,
-    apps: Vec<String>,
-    description: Option<String>,
-    expires_at: Option<String>,
-) -> Outcome {
-    if let Some(at) = &expires_at {
+async fn create_token(c: &Client, user: &str, expires_at: Option<&str>, body: Value) -> Outcome {
+    if let Some(at) = expires_at {
         DateTime::parse_from_rfc3339(at)
             .map_err(|e| Failure::local("invalid_argument", format!("--expires-at {at:?}: {e}")))?;
     }
-    let body = object(vec![
-        ("name", Some(json!(name))),
-        ("apps", Some(json!(apps))),
-        ("description", opt(description)),
-        ("expires_at", opt(expires_at)),
-    ]);
     let path = format!("{}/tokens", user_path(user));
     let v = c.call(Method::POST, &path, Some(body)).await?;
     show_secret(c, &v, TOKEN_FIELDS, "user token")
