@@ -3,8 +3,14 @@
 //! no write, no lock. Concurrent misses on one key share a single store read.
 //!
 //! Invalidation: an admin change calls [`Cache::invalidate`] at once; the same
-//! [`Invalidation`] is what a cross-replica bus (Redis pub/sub) carries. A load racing an
-//! invalidation is used once but not kept, so a change is never papered over by a stale read.
+//! [`Invalidation`] is what the cross-replica bus (Redis pub/sub, `crate::bus`) carries. A load
+//! racing an invalidation is used once but not kept, so a change is never papered over by a
+//! stale read. When messages may have been missed (the subscription dropped),
+//! [`Cache::resync`] empties the tables, so the bound on a missed change is the TTL at worst.
+//!
+//! Stale serving: every record loaded is also kept, beside the table, for `ttl + stale_for`
+//! (by the engine's clock). That copy is read only when the store can't be reached: a decision
+//! already cached keeps serving through a store outage for up to `stale_for` past its TTL.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -14,6 +20,9 @@ use std::time::{Duration, Instant};
 use moka::Expiry;
 use prometheus::IntCounter;
 
+use chrono::{DateTime, Utc};
+
+use crate::clock::Clock;
 use crate::config::CacheConfig;
 use crate::metrics::Metrics;
 use crate::model::{App, AppToken, Session, Ticket, User, UserToken};
@@ -72,10 +81,78 @@ enum LoadError<T> {
     Raced(Cached<T>),
 }
 
+/// A record as loaded, kept for stale serving.
+struct Kept<T> {
+    value: Arc<T>,
+    loaded_at: DateTime<Utc>,
+}
+
+impl<T> Clone for Kept<T> {
+    fn clone(&self) -> Self {
+        Self {
+            value: self.value.clone(),
+            loaded_at: self.loaded_at,
+        }
+    }
+}
+
 struct Table<T> {
     entries: moka::future::Cache<String, Cached<T>>,
+    /// Found records for stale serving; `None` when `stale_for` is zero.
+    kept: Option<moka::future::Cache<String, Kept<T>>>,
     hits: IntCounter,
     misses: IntCounter,
+    stale: IntCounter,
+}
+
+/// What a table needs from its cache to load.
+struct Loading<'a> {
+    epoch: &'a AtomicU64,
+    clock: &'a dyn Clock,
+    /// How long after its load a kept record may still be served: `ttl + stale_for`.
+    serve_for: chrono::Duration,
+    breaker: &'a Breaker,
+}
+
+/// Once the store is found unreachable, misses don't wait on it again for a while: they are
+/// answered from the kept copies (or refused) at once, and one probe goes to the store each
+/// `PROBE_EVERY`. Without it every miss of an outage would wait out the store's timeouts.
+#[derive(Default)]
+struct Breaker {
+    /// Milliseconds (by the engine's clock) before which the store isn't asked; 0: closed.
+    open_until: std::sync::atomic::AtomicI64,
+}
+
+const PROBE_EVERY: chrono::Duration = chrono::Duration::milliseconds(500);
+
+impl Breaker {
+    /// Whether a miss may ask the store now. Past the wait, the first to ask takes the probe.
+    fn allows(&self, now: DateTime<Utc>) -> bool {
+        let until = self.open_until.load(Ordering::Acquire);
+        if until == 0 {
+            return true;
+        }
+        let now_ms = now.timestamp_millis();
+        now_ms >= until
+            && self
+                .open_until
+                .compare_exchange(
+                    until,
+                    (now + PROBE_EVERY).timestamp_millis(),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    fn trip(&self, now: DateTime<Utc>) {
+        self.open_until
+            .store((now + PROBE_EVERY).timestamp_millis(), Ordering::Release);
+    }
+
+    fn close(&self) {
+        self.open_until.store(0, Ordering::Release);
+    }
 }
 
 impl<T: Send + Sync + 'static> Table<T> {
@@ -88,13 +165,44 @@ impl<T: Send + Sync + 'static> Table<T> {
                     missing: config.negative_ttl,
                 })
                 .build(),
-            hits: metrics.cache_lookup(kind, true),
-            misses: metrics.cache_lookup(kind, false),
+            kept: (!config.stale_for.is_zero()).then(|| {
+                moka::future::Cache::builder()
+                    .max_capacity(config.max_entries)
+                    .time_to_live(config.ttl + config.stale_for)
+                    .build()
+            }),
+            hits: metrics.cache_lookup(kind, "hit"),
+            misses: metrics.cache_lookup(kind, "miss"),
+            stale: metrics.cache_lookup(kind, "stale"),
         }
     }
 
+    async fn remove(&self, id: &str) {
+        self.entries.invalidate(id).await;
+        if let Some(kept) = &self.kept {
+            kept.invalidate(id).await;
+        }
+    }
+
+    fn clear(&self, kept_too: bool) {
+        self.entries.invalidate_all();
+        if kept_too && let Some(kept) = &self.kept {
+            kept.invalidate_all();
+        }
+    }
+
+    /// The kept copy of a record the store can't be asked for, if it is still young enough.
+    async fn stale(&self, id: &str, at: &Loading<'_>) -> Option<Cached<T>> {
+        let kept = self.kept.as_ref()?.get(id).await?;
+        if at.clock.now() - kept.loaded_at > at.serve_for {
+            return None;
+        }
+        self.stale.inc();
+        Some(Cached::Found(kept.value))
+    }
+
     /// `fetch` is only called on a miss (an async-trait call allocates its future).
-    async fn get<F, Fut>(&self, epoch: &AtomicU64, id: &str, fetch: F) -> StoreResult<Cached<T>>
+    async fn get<F, Fut>(&self, at: &Loading<'_>, id: &str, fetch: F) -> StoreResult<Cached<T>>
     where
         F: FnOnce() -> Fut,
         Fut: Future<Output = StoreResult<Option<T>>>,
@@ -104,6 +212,13 @@ impl<T: Send + Sync + 'static> Table<T> {
             return Ok(hit);
         }
         self.misses.inc();
+        if !at.breaker.allows(at.clock.now()) {
+            return match self.stale(id, at).await {
+                Some(v) => Ok(v),
+                None => Err(StoreError::Unavailable("the store is not answering".into())),
+            };
+        }
+        let epoch = at.epoch;
         let started = epoch.load(Ordering::Acquire);
         let loaded = self
             .entries
@@ -118,16 +233,26 @@ impl<T: Send + Sync + 'static> Table<T> {
             .await;
         match loaded {
             Ok(v) => {
+                at.breaker.close();
+                if let (Some(kept), Cached::Found(value)) = (&self.kept, &v) {
+                    let loaded_at = at.clock.now();
+                    let value = value.clone();
+                    kept.insert(id.to_owned(), Kept { value, loaded_at }).await;
+                }
                 // An invalidation between the check in the loader and moka's insert: drop it.
                 if epoch.load(Ordering::Acquire) != started {
-                    self.entries.invalidate(id).await;
+                    self.remove(id).await;
                 }
                 Ok(v)
             }
             Err(e) => match &*e {
                 LoadError::Raced(v) => Ok(v.clone()),
                 LoadError::Store(StoreError::Unavailable(m)) => {
-                    Err(StoreError::Unavailable(m.clone()))
+                    at.breaker.trip(at.clock.now());
+                    match self.stale(id, at).await {
+                        Some(v) => Ok(v),
+                        None => Err(StoreError::Unavailable(m.clone())),
+                    }
                 }
                 LoadError::Store(other) => Err(StoreError::Backend(other.to_string())),
             },
@@ -145,11 +270,20 @@ pub struct Cache {
     app_tokens: Table<AppToken>,
     /// Bumped by every invalidation; a load that saw it move is not kept.
     epoch: AtomicU64,
+    clock: Arc<dyn Clock>,
+    serve_for: chrono::Duration,
+    stale_for: Duration,
+    breaker: Breaker,
     metrics: Arc<Metrics>,
 }
 
 impl Cache {
-    pub fn new(store: SharedStore, config: &CacheConfig, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        store: SharedStore,
+        config: &CacheConfig,
+        clock: Arc<dyn Clock>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         Self {
             users: Table::new("user", config, &metrics),
             apps: Table::new("app", config, &metrics),
@@ -159,8 +293,27 @@ impl Cache {
             app_tokens: Table::new("app_token", config, &metrics),
             store,
             epoch: AtomicU64::new(0),
+            clock,
+            serve_for: chrono::Duration::from_std(config.ttl + config.stale_for)
+                .unwrap_or(chrono::Duration::MAX),
+            stale_for: config.stale_for,
+            breaker: Breaker::default(),
             metrics,
         }
+    }
+
+    fn loading(&self) -> Loading<'_> {
+        Loading {
+            epoch: &self.epoch,
+            clock: &*self.clock,
+            serve_for: self.serve_for,
+            breaker: &self.breaker,
+        }
+    }
+
+    /// How long past its TTL a cached record serves while the store is down.
+    pub fn stale_for(&self) -> Duration {
+        self.stale_for
     }
 
     pub fn store(&self) -> &SharedStore {
@@ -169,49 +322,81 @@ impl Cache {
 
     pub async fn user(&self, id: &str) -> StoreResult<Cached<User>> {
         self.users
-            .get(&self.epoch, id, || self.store.user(id))
+            .get(&self.loading(), id, || self.store.user(id))
             .await
     }
 
     pub async fn app(&self, id: &str) -> StoreResult<Cached<App>> {
-        self.apps.get(&self.epoch, id, || self.store.app(id)).await
+        self.apps
+            .get(&self.loading(), id, || self.store.app(id))
+            .await
     }
 
     pub async fn user_token(&self, id: &str) -> StoreResult<Cached<UserToken>> {
         self.user_tokens
-            .get(&self.epoch, id, || self.store.user_token(id))
+            .get(&self.loading(), id, || self.store.user_token(id))
             .await
     }
 
     pub async fn ticket(&self, id: &str) -> StoreResult<Cached<Ticket>> {
         self.tickets
-            .get(&self.epoch, id, || self.store.ticket(id))
+            .get(&self.loading(), id, || self.store.ticket(id))
             .await
     }
 
     pub async fn session(&self, id: &str) -> StoreResult<Cached<Session>> {
         self.sessions
-            .get(&self.epoch, id, || self.store.session(id))
+            .get(&self.loading(), id, || self.store.session(id))
             .await
     }
 
     pub async fn app_token(&self, id: &str) -> StoreResult<Cached<AppToken>> {
         self.app_tokens
-            .get(&self.epoch, id, || self.store.app_token(id))
+            .get(&self.loading(), id, || self.store.app_token(id))
             .await
     }
 
-    /// Drops a record from this process's cache at once.
-    pub async fn invalidate(&self, what: &Invalidation) {
+    /// Whether a user token's record (or its absence) is cached: no store read, no write.
+    pub fn holds_user_token(&self, id: &str) -> bool {
+        self.user_tokens.entries.contains_key(id)
+    }
+
+    /// Whether a ticket's record (or its absence) is cached.
+    pub fn holds_ticket(&self, id: &str) -> bool {
+        self.tickets.entries.contains_key(id)
+    }
+
+    /// Drops a record from this process's cache at once: a change made here (`remote` false)
+    /// or announced by another replica.
+    pub async fn invalidate(&self, what: &Invalidation, remote: bool) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        self.metrics.invalidations_local.inc();
-        match what {
-            Invalidation::User(id) => self.users.entries.invalidate(id).await,
-            Invalidation::App(id) => self.apps.entries.invalidate(id).await,
-            Invalidation::UserToken(id) => self.user_tokens.entries.invalidate(id).await,
-            Invalidation::Ticket(id) => self.tickets.entries.invalidate(id).await,
-            Invalidation::Session(id) => self.sessions.entries.invalidate(id).await,
-            Invalidation::AppToken(id) => self.app_tokens.entries.invalidate(id).await,
+        if remote {
+            self.metrics.invalidations_remote.inc();
+        } else {
+            self.metrics.invalidations_local.inc();
         }
+        match what {
+            Invalidation::User(id) => self.users.remove(id).await,
+            Invalidation::App(id) => self.apps.remove(id).await,
+            Invalidation::UserToken(id) => self.user_tokens.remove(id).await,
+            Invalidation::Ticket(id) => self.tickets.remove(id).await,
+            Invalidation::Session(id) => self.sessions.remove(id).await,
+            Invalidation::AppToken(id) => self.app_tokens.remove(id).await,
+        }
+    }
+
+    /// Forgets everything cached, because changes may have been missed: the next use of each
+    /// record reads the store. With `keep_stale`, the copies kept for stale serving stay (the
+    /// store may be down, and they are only read then); without, they go too.
+    pub fn resync(&self, keep_stale: bool) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.metrics.invalidations_resync.inc();
+        let kept_too = !keep_stale;
+        self.users.clear(kept_too);
+        self.apps.clear(kept_too);
+        self.user_tokens.clear(kept_too);
+        self.tickets.clear(kept_too);
+        self.sessions.clear(kept_too);
+        self.app_tokens.clear(kept_too);
     }
 }

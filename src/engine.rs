@@ -10,6 +10,7 @@ use http::{HeaderMap, Method};
 
 use crate::cache::{Cache, Invalidation};
 use crate::clock::Clock;
+use crate::credential::format::{self, TokenKind};
 use crate::credential::xml::XmlBody;
 use crate::credential::{self, CredentialKind, CredentialNames, Found, Slot, Sources};
 use crate::error::AuthError;
@@ -84,6 +85,8 @@ pub struct Engine {
     failures: FailureLimiter,
     usage: Arc<Recorder>,
     sessions: SessionVerifier,
+    /// This process among the replicas: its own announcements come back and are skipped.
+    replica: String,
 }
 
 impl Engine {
@@ -107,6 +110,7 @@ impl Engine {
             failures,
             usage,
             sessions,
+            replica: replica_id(),
         }
     }
 
@@ -145,9 +149,23 @@ impl Engine {
         &self.metrics
     }
 
-    /// Applies a change to this process's cache (and, later, to every replica's).
+    /// Applies a change to this process's cache and announces it to every other replica
+    /// (returning once it is announced).
     pub async fn invalidate(&self, what: &Invalidation) {
-        self.cache.invalidate(what).await;
+        self.cache.invalidate(what, false).await;
+        let message = crate::bus::encode(&self.replica, what);
+        if let Err(e) = self.cache.store().publish(&message).await {
+            tracing::warn!(error = %e, "couldn't announce a change to the other replicas; they see it within cache.ttl");
+        }
+    }
+
+    /// Applies another replica's announcement (a message of `crate::bus`).
+    pub async fn apply_remote(&self, message: &str) {
+        match crate::bus::decode(message) {
+            Some((from, _)) if from == self.replica => {}
+            Some((_, what)) => self.cache.invalidate(&what, true).await,
+            None => tracing::warn!("an invalidation message of unknown form"),
+        }
     }
 
     /// Decides one request, and counts the decision.
@@ -228,6 +246,9 @@ impl Engine {
             AppTarget::Unnamed => return Err(deny(AuthError::AppNotAllowed)),
             AppTarget::Ambiguous => return Err(deny(AuthError::BadRequest)),
         };
+        if self.held_off(req.client, kind, presented) {
+            return Err(deny(AuthError::TooManyFailures));
+        }
         let identity = self.verify(kind, presented, app).await.map_err(deny)?;
         // A ticket needs the app's app token where the app requires one (§1); a user token
         // never does, and neither does a session.
@@ -241,6 +262,25 @@ impl Engine {
         route.admits(&identity).map_err(deny)?;
         self.touch(&identity);
         Ok(admit(Some(identity), found.sources))
+    }
+
+    /// A client past its failure limit is answered from the cache alone: a user token or ticket
+    /// the cache doesn't hold is refused (429) without a store read, so a flood of made-up
+    /// tokens costs the store at most `limits.failures_per_minute` reads per client a minute.
+    /// What the cache holds still passes (a shared address isn't locked out by one guesser);
+    /// a session's signature is checked before its record is read, so it needs no guard.
+    fn held_off(&self, client: Option<IpAddr>, kind: CredentialKind, presented: &str) -> bool {
+        if !self.failures.is_blocked(client) {
+            return false;
+        }
+        let held = match kind {
+            CredentialKind::UserToken => format::parse(TokenKind::UserToken, presented)
+                .is_some_and(|(id, _)| self.cache.holds_user_token(id)),
+            CredentialKind::Ticket => format::parse(TokenKind::Ticket, presented)
+                .is_some_and(|(id, _)| self.cache.holds_ticket(id)),
+            CredentialKind::Session => true,
+        };
+        !held
     }
 
     /// Every credential on the request (headers, query, cookie, XML body).
@@ -299,6 +339,12 @@ impl Engine {
     pub async fn identify(&self, req: RequestParts<'_>) -> Result<Identity, Denial> {
         let found = self.credentials(&req)?;
         let (kind, presented) = found.primary().ok_or(AuthError::MissingCredentials)?;
+        if self.held_off(req.client, kind, presented) {
+            return Err(Denial {
+                error: AuthError::TooManyFailures,
+                method: Some(kind),
+            });
+        }
         match self.verify(kind, presented, None).await {
             Ok(identity) => {
                 self.touch(&identity);
@@ -317,4 +363,19 @@ impl Engine {
             }
         }
     }
+}
+
+/// 64 random bits, hex: names this process in invalidation messages.
+fn replica_id() -> String {
+    let mut bytes = [0u8; 8];
+    if getrandom::fill(&mut bytes).is_err() {
+        // Two replicas sharing a name would skip each other's messages: fall back to the
+        // process id and the time.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        bytes[..4].copy_from_slice(&std::process::id().to_le_bytes());
+        bytes[4..].copy_from_slice(&nanos.to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -15,8 +15,10 @@
 
 pub mod admin;
 pub mod assertion;
+pub mod bus;
 pub mod cache;
 pub mod cli;
+pub mod client_addr;
 pub mod clock;
 pub mod config;
 pub mod credential;

@@ -25,11 +25,21 @@ pub struct Metrics {
     store_requests: IntCounterVec,
     pub store_duration: Histogram,
     pub store_up: IntGauge,
+    /// Changes made on this replica.
     pub invalidations_local: IntCounter,
+    /// Changes announced by another replica.
+    pub invalidations_remote: IntCounter,
+    /// Whole-cache drops after the subscription was lost or restored.
+    pub invalidations_resync: IntCounter,
     upstream_requests: IntCounterVec,
     pub upstream_duration: Histogram,
     credentials_issued: IntCounterVec,
     store_calls: AtomicU64,
+    /// Since when the store has not been reached (milliseconds after `born`, plus one); 0 while
+    /// it answers.
+    store_down_since: AtomicU64,
+    store_ever_reached: std::sync::atomic::AtomicBool,
+    born: std::time::Instant,
 }
 
 fn method_index(kind: Option<CredentialKind>) -> usize {
@@ -141,10 +151,15 @@ impl Metrics {
             store_duration,
             store_up,
             invalidations_local: invalidations.with_label_values(&["local"]),
+            invalidations_remote: invalidations.with_label_values(&["remote"]),
+            invalidations_resync: invalidations.with_label_values(&["resync"]),
             upstream_requests,
             upstream_duration,
             credentials_issued,
             store_calls: AtomicU64::new(0),
+            store_down_since: AtomicU64::new(0),
+            store_ever_reached: std::sync::atomic::AtomicBool::new(false),
+            born: std::time::Instant::now(),
         })
     }
 
@@ -162,9 +177,43 @@ impl Metrics {
         }
     }
 
-    pub fn cache_lookup(&self, kind: &'static str, hit: bool) -> IntCounter {
-        self.cache_lookups
-            .with_label_values(&[kind, if hit { "hit" } else { "miss" }])
+    /// `result`: `hit`, `miss`, or `stale` (a kept copy served while the store is down).
+    pub fn cache_lookup(&self, kind: &'static str, result: &'static str) -> IntCounter {
+        self.cache_lookups.with_label_values(&[kind, result])
+    }
+
+    /// Whether the last store call reached the store (`tokengate_store_up`).
+    pub fn store_reached(&self, reached: bool) {
+        self.store_up.set(i64::from(reached));
+        if reached {
+            self.store_down_since.store(0, Ordering::Relaxed);
+            self.store_ever_reached.store(true, Ordering::Relaxed);
+        } else {
+            let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+            let _ = self.store_down_since.compare_exchange(
+                0,
+                now,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+    }
+
+    /// Whether the store has answered since the process started.
+    pub fn store_ever_reached(&self) -> bool {
+        self.store_ever_reached.load(Ordering::Relaxed)
+    }
+
+    /// How long the store has been out of reach, if it is.
+    pub fn store_down_for(&self) -> Option<std::time::Duration> {
+        match self.store_down_since.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(
+                self.born
+                    .elapsed()
+                    .saturating_sub(std::time::Duration::from_millis(since - 1)),
+            ),
+        }
     }
 
     pub fn store_request(&self, backend: &str, op: &str, ok: bool) {

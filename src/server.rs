@@ -72,7 +72,7 @@ pub fn build(
 ) -> Result<Parts, StartError> {
     let metrics = Arc::new(Metrics::new().map_err(|e| StartError::Other(e.to_string()))?);
     let store: SharedStore = Arc::new(Instrumented::new(store, metrics.clone()));
-    let cache = Cache::new(store.clone(), &config.cache, metrics.clone());
+    let cache = Cache::new(store.clone(), &config.cache, clock.clone(), metrics.clone());
     let names = CredentialNames {
         ticket_cookie: config.ticket_cookie.clone(),
     };
@@ -158,10 +158,12 @@ pub fn run(
 
     let conf = ServerConf {
         threads: config.threads,
-        // Kubernetes sends SIGTERM and then waits terminationGracePeriodSeconds: finish the
-        // requests in flight within `shutdown_grace`, don't sleep Pingora's default 300 s.
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(config.shutdown_grace.as_secs().max(1)),
+        // Kubernetes sends SIGTERM and then waits terminationGracePeriodSeconds. On SIGTERM
+        // Pingora stops accepting at once and keeps serving what is in flight for the grace
+        // period (then its runtimes are shut down, which cancels whatever is left): so the
+        // grace period is `shutdown_grace`, not Pingora's default 300 s.
+        grace_period_seconds: Some(config.shutdown_grace.as_secs().max(1)),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
@@ -211,6 +213,7 @@ pub fn run(
             upstream.clone(),
             config.limits.xml_body_bytes,
             config.assertion.clone().map(Assertions::new),
+            config.trusted_proxies.clone(),
         ),
     );
     proxy.add_tcp(&config.listen);
@@ -227,6 +230,12 @@ pub fn run(
         server.add_service(background_service(
             &format!("JWKS of {}", issuer.config.issuer),
             JwksRefresher(issuer.clone()),
+        ));
+    }
+    if let Some((client, channel)) = parts.store.subscriber() {
+        server.add_service(background_service(
+            "invalidation listener",
+            crate::bus::Listener::new(parts.engine.clone(), client, channel),
         ));
     }
     server.add_service(background_service(

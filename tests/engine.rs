@@ -397,3 +397,69 @@ async fn session_expiry_and_not_before_follow_the_clock_even_on_a_cache_hit() {
         Err(AuthError::TokenRevoked)
     );
 }
+
+fn stale_lookups(metrics: &Metrics) -> u64 {
+    metrics
+        .render()
+        .lines()
+        .filter(|l| {
+            l.starts_with("tokengate_cache_lookups_total") && l.contains("result=\"stale\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_cached_decision_serves_through_a_store_outage_for_stale_for() {
+    // Defaults: cache.ttl 30 s, cache.stale_for 5 min.
+    let mut w = world(true, None).await;
+    decide(&w.engine, &w.token).await.unwrap();
+    w._redis.as_mut().unwrap().kill();
+    // A lost subscription empties the cache; the copies kept for stale serving stay.
+    w.engine.cache().resync(true);
+    assert_eq!(decide(&w.engine, &w.token).await, Ok(()), "served stale");
+    assert!(stale_lookups(&w.metrics) >= 1);
+    let unknown = format::generate(TokenKind::UserToken).unwrap().token;
+    assert_eq!(
+        decide(&w.engine, &unknown).await,
+        Err(AuthError::AuthUnavailable),
+        "nothing cached: never a guess"
+    );
+    w.clock.advance(Duration::seconds(30 + 5 * 60 - 1));
+    assert_eq!(
+        decide(&w.engine, &w.token).await,
+        Ok(()),
+        "within ttl + stale_for"
+    );
+    w.clock.advance(Duration::seconds(2));
+    assert_eq!(
+        decide(&w.engine, &w.token).await,
+        Err(AuthError::AuthUnavailable),
+        "past ttl + stale_for"
+    );
+}
+
+#[tokio::test]
+async fn a_change_or_a_resync_takes_the_stale_copy_too() {
+    let mut w = world(true, None).await;
+    decide(&w.engine, &w.token).await.unwrap();
+    w._redis.as_mut().unwrap().kill();
+    // A change announced by another replica: its stale copy goes as well.
+    w.engine
+        .apply_remote(&format!("elsewhere user_token {}", w.token_id))
+        .await;
+    assert_eq!(
+        decide(&w.engine, &w.token).await,
+        Err(AuthError::AuthUnavailable)
+    );
+
+    let mut w = world(true, None).await;
+    decide(&w.engine, &w.token).await.unwrap();
+    w._redis.as_mut().unwrap().kill();
+    // The subscription is back (so changes were surely missed): nothing kept is trusted.
+    w.engine.cache().resync(false);
+    assert_eq!(
+        decide(&w.engine, &w.token).await,
+        Err(AuthError::AuthUnavailable)
+    );
+}

@@ -836,10 +836,15 @@ fn redis_down_is_auth_unavailable_never_a_guess() {
         200,
         "a cached decision still serves"
     );
-    assert_eq!(
-        tg.admin_raw("GET", "/readyz", None, None).status,
-        503,
-        "readyz tells the truth"
+    // Ready still: cached decisions serve for up to cache.stale_for, and every replica shares
+    // this store, so failing readiness would take them all out of service at once.
+    let r = tg.admin_raw("GET", "/readyz", None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.text().contains("has not answered"), "{}", r.text());
+    let metrics = tg.admin_raw("GET", "/metrics", None, None).text();
+    assert!(
+        metrics.lines().any(|l| l == "tokengate_store_up 0"),
+        "the store itself is reported down"
     );
     let r = tg.admin("POST", "/v1/apps", Some(json!({"id": "bq2", "name": "C"})));
     assert_eq!(
@@ -848,6 +853,21 @@ fn redis_down_is_auth_unavailable_never_a_guess() {
         "{}",
         r.text()
     );
+}
+
+#[test]
+fn without_stale_serving_a_store_outage_is_not_ready() {
+    let mut redis = RedisServer::start();
+    let tg = Tokengate::start(
+        &Backend::Redis(redis.url()),
+        "echo",
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "[cache]\nstale_for = \"0s\"\n",
+    );
+    redis.kill();
+    let r = tg.admin_raw("GET", "/readyz", None, None);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.text().contains("store not answering"), "{}", r.text());
 }
 
 #[test]
@@ -871,6 +891,20 @@ fn too_many_failed_credentials_from_one_client_is_429() {
         .as_str()
         .unwrap()
         .to_owned();
+    let uncached = tg
+        .admin(
+            "POST",
+            "/v1/users/al/tokens",
+            Some(json!({"name": "u", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        tg.get("/db/bq1", &[("authorization", &qb(&good))]).status,
+        200
+    );
     let bad = qb(&format!("tgu_{}", "a".repeat(68)));
     assert_eq!(
         tg.get("/db/bq1", &[]).error(),
@@ -894,8 +928,12 @@ fn too_many_failed_credentials_from_one_client_is_429() {
     let r = tg.get("/db/bq1", &[("authorization", &qb(&good))]);
     assert_eq!(
         r.status, 200,
-        "a valid credential still passes: one guesser behind a shared address can't lock everyone out"
+        "a cached credential still passes: one guesser behind a shared address can't lock everyone out"
     );
+    // What the cache doesn't hold is refused without a store read, until the minute is over:
+    // a flood of made-up tokens can't reach the store.
+    let r = tg.get("/db/bq1", &[("authorization", &qb(&uncached))]);
+    assert_eq!((r.status, r.error().as_str()), (429, "too_many_failures"));
     let r = http(
         tg.port,
         "POST",
@@ -904,6 +942,53 @@ fn too_many_failed_credentials_from_one_client_is_429() {
         Some(br#"{"username": "al", "password": "a long password"}"#),
     );
     assert_eq!(r.status, 429, "sign-in too: {}", r.text());
+}
+
+#[test]
+fn forwarded_for_names_the_client_only_behind_a_trusted_proxy() {
+    let up = Upstream::start();
+    let mut tg = Tokengate::start(
+        &Backend::Embedded,
+        &up.url(),
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "[limits]\nfailures_per_minute = 2\n",
+    );
+    let bad = qb(&format!("tgu_{}", "a".repeat(68)));
+    let from = |tg: &Tokengate, client: &str| {
+        tg.get(
+            "/db/bq1",
+            &[("authorization", &bad), ("x-forwarded-for", client)],
+        )
+        .status
+    };
+    // Not trusted: the header is the client's own say, and every request is the peer's.
+    assert_eq!(from(&tg, "203.0.113.1"), 401);
+    assert_eq!(from(&tg, "203.0.113.2"), 401);
+    assert_eq!(
+        from(&tg, "203.0.113.3"),
+        429,
+        "one client, whatever it claims"
+    );
+
+    tg.rewrite_config(|c| {
+        c.replace(
+            "threads = 1\n",
+            "threads = 1\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+        )
+    });
+    tg.restart();
+    for _ in 0..2 {
+        assert_eq!(from(&tg, "203.0.113.1"), 401);
+    }
+    assert_eq!(from(&tg, "203.0.113.1"), 429);
+    assert_eq!(
+        from(&tg, "203.0.113.2"),
+        401,
+        "another client behind the proxy"
+    );
+    // A client can't pose as another by writing the header itself: the trusted proxy
+    // appends, and the rightmost untrusted hop is the client.
+    assert_eq!(from(&tg, "203.0.113.2, 203.0.113.1"), 429);
 }
 
 #[test]

@@ -150,17 +150,35 @@ async fn require_key(State(state): State<Arc<AdminState>>, req: Request, next: N
 }
 
 /// Ready when the store answers and the admin key is settled.
+/// Ready when the admin key and signing keys are settled and decisions can be made: the store
+/// answers, or it stopped answering less than `cache.stale_for` ago after answering once (the
+/// cached decisions still serve). Every replica shares the store, so failing readiness at the
+/// first error would take every Pod out of its Service at once and turn an outage that cached
+/// decisions ride out into a total one; past `stale_for` nothing cached may be served, and the
+/// replica says so. `tokengate_store_up` reports the store itself.
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    match state.store.ping().await {
-        Ok(()) if state.key_hash.get().is_some() && state.engine.sessions().keys().is_some() => {
-            (StatusCode::OK, "ready\n").into_response()
-        }
-        Ok(()) => (
+    if state.key_hash.get().is_none() || state.engine.sessions().keys().is_none() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "admin key or signing keys not settled\n",
         )
+            .into_response();
+    }
+    let Err(e) = state.store.ping().await else {
+        return (StatusCode::OK, "ready\n").into_response();
+    };
+    let stale_for = state.engine.cache().stale_for();
+    match state.metrics.store_down_for() {
+        Some(down) if state.metrics.store_ever_reached() && down < stale_for => (
+            StatusCode::OK,
+            format!(
+                "ready: the store has not answered for {}s ({e}); cached decisions serve for up to {}s\n",
+                down.as_secs(),
+                stale_for.as_secs()
+            ),
+        )
             .into_response(),
-        Err(e) => (
+        _ => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("store not answering: {e}\n"),
         )
@@ -168,7 +186,10 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     }
 }
 
+/// Prometheus text. The store is pinged first, so `tokengate_store_up` is current even when
+/// no request has needed the store lately.
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let _ = state.store.ping().await;
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

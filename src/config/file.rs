@@ -16,6 +16,8 @@ pub struct Server {
     pub tls_key: Option<String>,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_grace: String,
+    /// Peers whose `X-Forwarded-For` is believed (addresses or networks).
+    pub trusted_proxies: Vec<String>,
 }
 
 impl Default for Server {
@@ -28,6 +30,7 @@ impl Default for Server {
             tls_cert: None,
             tls_key: None,
             shutdown_grace: "5s".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }

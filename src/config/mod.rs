@@ -59,6 +59,8 @@ pub struct Config {
     /// `/_auth` by default: tokengate's own endpoints.
     pub auth_prefix: String,
     pub shutdown_grace: Duration,
+    /// Whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
     pub upstream: Upstream,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
@@ -191,6 +193,14 @@ impl Config {
         if limits.xml_body_bytes > 65_536 {
             problems.push("limits.xml_body_bytes can be at most 65536".into());
         }
+        let mut nets = Vec::new();
+        for text in &server.trusted_proxies {
+            match crate::client_addr::TrustedProxies::parse_net(text) {
+                Ok(net) => nets.push(net),
+                Err(e) => problems.push(format!("server.trusted_proxies: {e}")),
+            }
+        }
+        let trusted_proxies = crate::client_addr::TrustedProxies::new(nets);
         if server.threads == 0 {
             problems.push("server.threads must be at least 1".into());
         }
@@ -367,6 +377,7 @@ impl Config {
             threads: server.threads,
             auth_prefix: server.auth_prefix,
             shutdown_grace,
+            trusted_proxies,
             upstream: upstream_cfg,
             upstream_connect_timeout,
             upstream_read_timeout,
@@ -435,6 +446,15 @@ fn apply_env(
         ];
         let parsed = if STRINGS.contains(&key.as_str()) {
             toml::Value::String(value)
+        } else if key == "trusted_proxies" && !value.trim_start().starts_with('[') {
+            // A list of addresses, also as `10.0.0.0/8,192.168.0.1`.
+            toml::Value::Array(
+                value
+                    .split(',')
+                    .map(|v| toml::Value::String(v.trim().to_owned()))
+                    .filter(|v| v.as_str().is_some_and(|v| !v.is_empty()))
+                    .collect(),
+            )
         } else {
             format!("v = {value}")
                 .parse::<toml::Table>()

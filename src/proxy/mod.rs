@@ -20,6 +20,7 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType};
 
 use crate::assertion::Assertions;
+use crate::client_addr::TrustedProxies;
 use crate::credential::xml::{self, XmlBody};
 use crate::endpoints::{self, Endpoints};
 use crate::engine::{Admission, Engine, RequestParts};
@@ -45,6 +46,8 @@ pub struct Proxy {
     body_limit: usize,
     /// `X-Auth-Assertion`, when configured.
     assertions: Option<Assertions>,
+    /// Peers whose `X-Forwarded-For` names the client.
+    trusted: TrustedProxies,
 }
 
 impl Proxy {
@@ -55,6 +58,7 @@ impl Proxy {
         upstream: UpstreamTarget,
         body_limit: usize,
         assertions: Option<Assertions>,
+        trusted: TrustedProxies,
     ) -> Self {
         Self {
             engine,
@@ -63,6 +67,7 @@ impl Proxy {
             upstream,
             body_limit,
             assertions,
+            trusted,
         }
     }
 }
@@ -172,9 +177,12 @@ fn content_length(session: &Session) -> Option<u64> {
         .and_then(|v| v.to_str().ok()?.parse().ok())
 }
 
-fn client_ip(session: &Session) -> Option<std::net::IpAddr> {
+/// The client's address: the peer's, or what a trusted proxy says it is.
+fn client_ip(session: &Session, trusted: &TrustedProxies) -> Option<std::net::IpAddr> {
     match session.client_addr()? {
-        pingora::protocols::l4::socket::SocketAddr::Inet(addr) => Some(addr.ip()),
+        pingora::protocols::l4::socket::SocketAddr::Inet(addr) => {
+            Some(trusted.client(addr.ip(), &session.req_header().headers))
+        }
         _ => None,
     }
 }
@@ -301,7 +309,7 @@ impl ProxyHttp for Proxy {
                 body: &body,
                 xml: parsed.as_ref(),
                 request_id: &id,
-                client: client_ip(session),
+                client: client_ip(session, &self.trusted),
             };
             let answer = self.endpoints.handle(endpoint, &request).await;
             ctx.outcome.decision = "endpoint";
@@ -316,7 +324,7 @@ impl ProxyHttp for Proxy {
             query: req.uri.query(),
             headers: &req.headers,
             xml: parsed.as_ref(),
-            client: client_ip(session),
+            client: client_ip(session, &self.trusted),
         };
         match self.engine.decide(parts).await {
             Ok(admission) => {

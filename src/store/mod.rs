@@ -118,6 +118,17 @@ pub trait Store: Send + Sync + 'static {
     async fn admin_key_hash(&self) -> StoreResult<Option<[u8; 32]>>;
     /// Keeps `hash` unless a hash is already kept; returns the one kept.
     async fn init_admin_key_hash(&self, hash: [u8; 32]) -> StoreResult<[u8; 32]>;
+
+    /// Announces a change to every replica sharing the store (Redis pub/sub). On one machine
+    /// there is nobody to tell.
+    async fn publish(&self, _message: &str) -> StoreResult<()> {
+        Ok(())
+    }
+
+    /// Where to hear other replicas' announcements: a Redis client and the channel.
+    fn subscriber(&self) -> Option<(::redis::Client, &'static str)> {
+        None
+    }
 }
 
 pub type SharedStore = Arc<dyn Store>;

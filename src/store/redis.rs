@@ -24,6 +24,9 @@ use crate::usage::{Usage, UsageKind, UsageRecord, usage_key};
 
 const PREFIX: &str = "tg:";
 
+/// The pub/sub channel replicas announce changes on (`crate::bus`).
+pub const INVALIDATION_CHANNEL: &str = "tg:invalidate";
+
 pub struct RedisStore {
     client: redis::Client,
     conn: OnceCell<ConnectionManager>,
@@ -385,6 +388,19 @@ impl RedisStore {
 impl Store for RedisStore {
     fn backend(&self) -> &'static str {
         "redis"
+    }
+
+    async fn publish(&self, message: &str) -> StoreResult<()> {
+        let mut c = self.conn().await?;
+        let _: i64 = c
+            .publish(INVALIDATION_CHANNEL, message)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    fn subscriber(&self) -> Option<(redis::Client, &'static str)> {
+        Some((self.client.clone(), INVALIDATION_CHANNEL))
     }
 
     async fn ping(&self) -> StoreResult<()> {

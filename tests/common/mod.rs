@@ -40,28 +40,41 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: Option<&std::pat
     }
 }
 
-/// A `redis-server` of our own, on a free port, keeping nothing on disk.
+/// A `redis-server` of our own, on a free port.
 pub struct RedisServer {
     pub port: u16,
     child: Child,
-    _dir: tempfile::TempDir,
+    persistent: bool,
+    dir: tempfile::TempDir,
 }
 
 impl RedisServer {
+    /// Keeping nothing on disk.
     pub fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        Self::launch(tempfile::tempdir().unwrap(), free_port(), false)
+    }
+
+    /// Writing every change to an append-only file, so a restart (after a kill) keeps the data.
+    pub fn start_persistent() -> Self {
+        Self::launch(tempfile::tempdir().unwrap(), free_port(), true)
+    }
+
+    fn launch(dir: tempfile::TempDir, port: u16, persistent: bool) -> Self {
+        let mut cmd = Command::new("redis-server");
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ]);
+        if persistent {
+            cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
+        } else {
+            cmd.args(["--appendonly", "no"]);
+        }
+        let mut child = cmd
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -72,7 +85,8 @@ impl RedisServer {
         Self {
             port,
             child,
-            _dir: dir,
+            persistent,
+            dir,
         }
     }
 
@@ -84,6 +98,38 @@ impl RedisServer {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and files (after [`RedisServer::kill`]).
+    pub fn restart(&mut self) {
+        self.kill();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        let again = Self::launch(dir, self.port, self.persistent);
+        let old = std::mem::replace(self, again);
+        drop(old); // its process is already gone; its (new, empty) temporary directory goes
+    }
+
+    /// A connection of the test's own, to look at this server.
+    pub fn connection(&self) -> redis::Connection {
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_connection()
+            .unwrap()
+    }
+
+    /// Redis's own count of calls, by command (`INFO commandstats`).
+    pub fn command_calls(&self) -> std::collections::HashMap<String, u64> {
+        let info: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query(&mut self.connection())
+            .unwrap();
+        info.lines()
+            .filter_map(|l| {
+                let (name, rest) = l.strip_prefix("cmdstat_")?.split_once(':')?;
+                let calls = rest.split(',').find_map(|f| f.strip_prefix("calls="))?;
+                Some((name.to_owned(), calls.parse().ok()?))
+            })
+            .collect()
     }
 }
 
@@ -113,10 +159,12 @@ impl Seen {
     }
 }
 
-/// A real upstream over TCP that answers 200 `upstream ok` and records every request.
+/// A real upstream over TCP that answers 200 `upstream ok` and records every request. While
+/// held, it records requests but keeps the answers back until released.
 pub struct Upstream {
     pub port: u16,
     seen: Arc<Mutex<Vec<Seen>>>,
+    held: Arc<(Mutex<bool>, std::sync::Condvar)>,
 }
 
 impl Upstream {
@@ -124,15 +172,41 @@ impl Upstream {
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let held = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let (log, gate) = (seen.clone(), held.clone());
         thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let log = log.clone();
-                thread::spawn(move || serve_upstream(stream, &log));
+                let (log, gate) = (log.clone(), gate.clone());
+                thread::spawn(move || serve_upstream(stream, &log, &gate));
             }
         });
-        Self { port, seen }
+        Self { port, seen, held }
+    }
+
+    /// Keeps answers back from now on.
+    pub fn hold(&self) {
+        *self.held.0.lock().unwrap() = true;
+    }
+
+    /// Lets every held answer go.
+    pub fn release(&self) {
+        *self.held.0.lock().unwrap() = false;
+        self.held.1.notify_all();
+    }
+
+    /// Waits (bounded) until the upstream has seen `n` requests.
+    pub fn wait_for_count(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "the upstream saw {} of {n}",
+                self.count()
+            );
+            thread::yield_now();
+            thread::sleep(Duration::from_millis(1));
+        }
     }
 
     pub fn url(&self) -> String {
@@ -157,7 +231,11 @@ impl Upstream {
     }
 }
 
-fn serve_upstream(stream: TcpStream, log: &Mutex<Vec<Seen>>) {
+fn serve_upstream(
+    stream: TcpStream,
+    log: &Mutex<Vec<Seen>>,
+    held: &(Mutex<bool>, std::sync::Condvar),
+) {
     let mut reader = BufReader::new(stream.try_clone().unwrap());
     let mut out = stream;
     loop {
@@ -170,16 +248,20 @@ fn serve_upstream(stream: TcpStream, log: &Mutex<Vec<Seen>>) {
             headers,
             body,
         });
+        let mut on_hold = held.0.lock().unwrap();
+        while *on_hold {
+            on_hold = held.1.wait(on_hold).unwrap();
+        }
+        drop(on_hold);
         let body = b"upstream ok";
         let head = format!(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n",
             body.len()
         );
-        if out
-            .write_all(head.as_bytes())
-            .and_then(|()| out.write_all(body))
-            .is_err()
-        {
+        // One write: head and body in two would meet Nagle and delayed ACKs (40 ms a request).
+        let mut answer = head.into_bytes();
+        answer.extend_from_slice(body);
+        if out.write_all(&answer).is_err() {
             return;
         }
     }
@@ -393,6 +475,43 @@ impl Tokengate {
         let path = self.config_path();
         let old = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, f(old)).unwrap();
+    }
+
+    /// Sends SIGTERM, as Kubernetes does to stop a Pod.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -TERM");
+    }
+
+    /// Waits (bounded) for the process to exit, and says how.
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running:\n{}", self.log());
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// The value of an unlabelled metric, or the sum over a labelled one's lines that contain
+    /// every one of `labels` (`name="value"`).
+    pub fn metric(&self, name: &str, labels: &[&str]) -> f64 {
+        self.admin_raw("GET", "/metrics", None, None)
+            .text()
+            .lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter(|l| labels.iter().all(|want| l.contains(want)))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     pub fn log(&self) -> String {
