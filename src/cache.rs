@@ -356,6 +356,18 @@ impl Cache {
             .await
     }
 
+    /// Records held per kind, for `tokengate_cache_entries`.
+    pub fn entry_counts(&self) -> [(&'static str, u64); 6] {
+        [
+            ("user", self.users.entries.entry_count()),
+            ("app", self.apps.entries.entry_count()),
+            ("user_token", self.user_tokens.entries.entry_count()),
+            ("ticket", self.tickets.entries.entry_count()),
+            ("session", self.sessions.entries.entry_count()),
+            ("app_token", self.app_tokens.entries.entry_count()),
+        ]
+    }
+
     /// Whether a user token's record (or its absence) is cached: no store read, no write.
     pub fn holds_user_token(&self, id: &str) -> bool {
         self.user_tokens.entries.contains_key(id)

@@ -6,8 +6,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::error::AuthError;
@@ -34,6 +34,8 @@ pub struct Metrics {
     upstream_requests: IntCounterVec,
     pub upstream_duration: Histogram,
     credentials_issued: IntCounterVec,
+    revocations: IntCounterVec,
+    cache_entries: IntGaugeVec,
     store_calls: AtomicU64,
     /// Since when the store has not been reached (milliseconds after `born`, plus one); 0 while
     /// it answers.
@@ -142,6 +144,22 @@ impl Metrics {
             &["kind"],
         )?;
         registry.register(Box::new(credentials_issued.clone()))?;
+        let revocations = IntCounterVec::new(
+            Opts::new(
+                "tokengate_revocations_total",
+                "Credentials revoked, deactivated or deleted, by kind.",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(revocations.clone()))?;
+        let cache_entries = IntGaugeVec::new(
+            Opts::new(
+                "tokengate_cache_entries",
+                "Records in the in-process cache, by kind (found and known absent).",
+            ),
+            &["kind"],
+        )?;
+        registry.register(Box::new(cache_entries.clone()))?;
         Ok(Self {
             registry,
             decisions,
@@ -156,6 +174,8 @@ impl Metrics {
             upstream_requests,
             upstream_duration,
             credentials_issued,
+            revocations,
+            cache_entries,
             store_calls: AtomicU64::new(0),
             store_down_since: AtomicU64::new(0),
             store_ever_reached: std::sync::atomic::AtomicBool::new(false),
@@ -237,6 +257,25 @@ impl Metrics {
             _ => "5xx",
         };
         self.upstream_requests.with_label_values(&[class]).inc();
+    }
+
+    /// An upstream that gave no answer (unreachable, reset, timed out): `status_class="error"`.
+    pub fn upstream_failed(&self) {
+        self.upstream_requests.with_label_values(&["error"]).inc();
+    }
+
+    /// `n` credentials of `kind` revoked, deactivated or deleted.
+    pub fn revoked(&self, kind: &str, n: usize) {
+        self.revocations
+            .with_label_values(&[kind])
+            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+    }
+
+    /// How many records the cache holds of `kind` (set when metrics are scraped).
+    pub fn cache_size(&self, kind: &str, entries: u64) {
+        self.cache_entries
+            .with_label_values(&[kind])
+            .set(i64::try_from(entries).unwrap_or(i64::MAX));
     }
 
     pub fn issued(&self, kind: &str) {

@@ -144,6 +144,7 @@ impl SessionTokens {
         if session.revoked_at.is_none() {
             session.revoked_at = Some(self.engine.clock().now());
             self.store.update_session(&session).await?;
+            self.engine.metrics().revoked("session", 1);
             tracing::info!(target: "audit", session_id = %session.id, user_id = %session.user_id, "session revoked");
         }
         self.engine

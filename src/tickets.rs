@@ -163,6 +163,7 @@ impl Tickets {
         if ticket.revoked_at.is_none() {
             ticket.revoked_at = Some(self.engine.clock().now());
             self.store.update_ticket(&ticket).await?;
+            self.engine.metrics().revoked("ticket", 1);
             tracing::info!(target: "audit", ticket_id = %ticket.id, user_id = %ticket.user_id, "ticket revoked");
         }
         self.engine

@@ -391,6 +391,7 @@ async fn create_user(
         .engine
         .invalidate(&Invalidation::User(user.id.clone()))
         .await;
+    tracing::info!(target: "audit", actor = %actor(), user_id = %user.id, "user created");
     Ok((StatusCode::CREATED, Json(user_view(&user))).into_response())
 }
 
@@ -470,11 +471,17 @@ async fn patch_user(
     }
     state.store.update_user(&user).await?;
     state.engine.invalidate(&Invalidation::User(id)).await;
+    tracing::info!(target: "audit", actor = %actor(), user_id = %user.id, status = ?user.status, "user changed");
     Ok(Json(user_view(&user)))
 }
 
 async fn delete_user(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
     let deleted = state.store.delete_user(&id).await?;
+    let id_for_log = id.clone();
+    let (user_tokens, tickets) = (deleted.user_tokens.len(), deleted.tickets.len());
+    state.metrics.revoked("user_token", user_tokens);
+    state.metrics.revoked("ticket", tickets);
+    state.metrics.revoked("session", deleted.sessions.len());
     state.engine.invalidate(&Invalidation::User(id)).await;
     for t in deleted.user_tokens {
         state.engine.invalidate(&Invalidation::UserToken(t)).await;
@@ -482,9 +489,13 @@ async fn delete_user(State(state): Shared, Path(id): Path<String>) -> ApiResult<
     for t in deleted.tickets {
         state.engine.invalidate(&Invalidation::Ticket(t)).await;
     }
-    for s in deleted.sessions {
-        state.engine.invalidate(&Invalidation::Session(s)).await;
+    for s in &deleted.sessions {
+        state
+            .engine
+            .invalidate(&Invalidation::Session(s.clone()))
+            .await;
     }
+    tracing::info!(target: "audit", actor = %actor(), user_id = %id_for_log, user_tokens = user_tokens, tickets = tickets, sessions = deleted.sessions.len(), "user deleted, with their credentials");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -527,6 +538,7 @@ async fn create_app(
         .engine
         .invalidate(&Invalidation::App(app.id.clone()))
         .await;
+    tracing::info!(target: "audit", actor = %actor(), app_id = %app.id, "app created");
     Ok((StatusCode::CREATED, Json(app_view(&app))).into_response())
 }
 
@@ -577,6 +589,7 @@ async fn patch_app(
     }
     state.store.update_app(&app).await?;
     state.engine.invalidate(&Invalidation::App(id)).await;
+    tracing::info!(target: "audit", actor = %actor(), app_id = %app.id, "app changed");
     Ok(Json(app_view(&app)))
 }
 
@@ -603,6 +616,8 @@ async fn delete_app(State(state): Shared, Path(id): Path<String>) -> ApiResult<S
             .invalidate(&Invalidation::UserToken(token.id))
             .await;
     }
+    state.metrics.revoked("app_token", app_tokens.len());
+    tracing::info!(target: "audit", actor = %actor(), app_id = %id, app_tokens = app_tokens.len(), "app deleted, with its app tokens");
     state.engine.invalidate(&Invalidation::App(id)).await;
     for t in app_tokens {
         state.engine.invalidate(&Invalidation::AppToken(t)).await;
@@ -716,7 +731,7 @@ async fn create_token(
         .invalidate(&Invalidation::UserToken(token.id.clone()))
         .await;
     state.metrics.issued("user_token");
-    tracing::info!(target: "audit", token_id = %token.id, user_id = %token.user_id, "user token created");
+    tracing::info!(target: "audit", actor = %actor(), token_id = %token.id, user_id = %token.user_id, "user token created");
     let mut view = token_view(&token, Some(&owner));
     // The only time the secret is shown.
     view["token"] = Value::String(secret.token);
@@ -837,21 +852,25 @@ async fn patch_token(
         token.apps = check_token_apps(&state, &owner, apps).await?;
     }
     if let Some(active) = patch.active {
+        if token.active && !active {
+            state.metrics.revoked("user_token", 1);
+        }
         token.active = active;
     }
     state.store.update_user_token(&token).await?;
     state.engine.invalidate(&Invalidation::UserToken(id)).await;
-    tracing::info!(target: "audit", token_id = %token.id, active = token.active, "user token changed");
+    tracing::info!(target: "audit", actor = %actor(), token_id = %token.id, active = token.active, "user token changed");
     Ok(Json(token_view(&token, Some(&owner))))
 }
 
 async fn delete_token(State(state): Shared, Path(id): Path<String>) -> ApiResult<StatusCode> {
     state.store.delete_user_token(&id).await?;
+    state.metrics.revoked("user_token", 1);
     state
         .engine
         .invalidate(&Invalidation::UserToken(id.clone()))
         .await;
-    tracing::info!(target: "audit", token_id = %id, "user token deleted");
+    tracing::info!(target: "audit", actor = %actor(), token_id = %id, "user token deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -875,6 +894,8 @@ async fn delete_tokens(
         }
         state.engine.invalidate(&Invalidation::UserToken(id)).await;
     }
+    state.metrics.revoked("user_token", deleted);
+    tracing::info!(target: "audit", actor = %actor(), deleted, "user tokens deleted");
     Ok(Json(json!({ "deleted": deleted })))
 }
 
@@ -898,7 +919,7 @@ async fn set_password(
     user.password_hash = Some(password_hash(new.password).await?);
     state.store.update_user(&user).await?;
     state.engine.invalidate(&Invalidation::User(id)).await;
-    tracing::info!(target: "audit", user_id = %user.id, "password set");
+    tracing::info!(target: "audit", actor = %actor(), user_id = %user.id, "password set");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -952,7 +973,7 @@ async fn create_app_token(
         .invalidate(&Invalidation::AppToken(token.id.clone()))
         .await;
     state.metrics.issued("app_token");
-    tracing::info!(target: "audit", app_token_id = %token.id, app_id = %token.app_id, "app token created");
+    tracing::info!(target: "audit", actor = %actor(), app_token_id = %token.id, app_id = %token.app_id, "app token created");
     let mut view = app_token_view(&token);
     // The only time the secret is shown.
     view["token"] = Value::String(secret.token);
@@ -984,11 +1005,12 @@ async fn delete_app_token(
         }
     }
     state.store.delete_app_token(&id).await?;
+    state.metrics.revoked("app_token", 1);
     state
         .engine
         .invalidate(&Invalidation::AppToken(id.clone()))
         .await;
-    tracing::info!(target: "audit", app_token_id = %id, app_id = %app_id, "app token deleted");
+    tracing::info!(target: "audit", actor = %actor(), app_token_id = %id, app_id = %app_id, "app token deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -1174,6 +1196,18 @@ async fn delete_user_sessions(
 
 // ---------------------------------------------------------------- self-service (/_auth/tokens)
 
+tokio::task_local! {
+    /// The signed-in user a self-service call acts for; unset on the admin API.
+    static ACTOR: String;
+}
+
+/// Who made a change, for the audit log: `admin` (the admin key) or `user:<id>`.
+fn actor() -> String {
+    ACTOR
+        .try_with(|id| format!("user:{id}"))
+        .unwrap_or_else(|_| "admin".to_owned())
+}
+
 /// A signed-in user's own user tokens (`/_auth/tokens`): the admin API's token handlers with
 /// the owner fixed to the caller, every token id checked to be the caller's, and no way to
 /// give a token a department or user type other than the caller's own (those would widen
@@ -1186,8 +1220,24 @@ pub(crate) async fn self_service(
     query: Option<&str>,
     body: &[u8],
 ) -> (StatusCode, Vec<u8>) {
-    use axum::http::Method;
     let body = Bytes::copy_from_slice(body);
+    ACTOR
+        .scope(
+            caller.id.clone(),
+            self_service_inner(state, caller, method, token_id, query, body),
+        )
+        .await
+}
+
+async fn self_service_inner(
+    state: Arc<AdminState>,
+    caller: &User,
+    method: &axum::http::Method,
+    token_id: Option<String>,
+    query: Option<&str>,
+    body: Bytes,
+) -> (StatusCode, Vec<u8>) {
+    use axum::http::Method;
     let response = match (method, token_id) {
         (&Method::GET, None) => match serde_urlencoded::from_str::<Page>(query.unwrap_or("")) {
             Ok(page) => {

@@ -190,6 +190,9 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 /// no request has needed the store lately.
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let _ = state.store.ping().await;
+    for (kind, n) in state.engine.cache().entry_counts() {
+        state.metrics.cache_size(kind, n);
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

@@ -97,6 +97,8 @@ struct Outcome {
     decision: &'static str,
     /// `ok` or an error code.
     reason: &'static str,
+    /// The upstream gave no answer (the 502 is tokengate's).
+    upstream_failed: bool,
 }
 
 /// A request id: the client's `X-Request-Id` when it is a sane one, else a new one.
@@ -334,6 +336,7 @@ impl ProxyHttp for Proxy {
                     app: admission.identity.as_ref().and_then(|i| i.app.clone()),
                     decision: "allow",
                     reason: "ok",
+                    upstream_failed: false,
                 };
                 if let (Some(assertions), Some(identity)) = (&self.assertions, &admission.identity)
                 {
@@ -442,6 +445,7 @@ impl ProxyHttp for Proxy {
                 tracing::warn!(error = %e, request_id = ctx.request_id.to_str().unwrap_or(""), "upstream unavailable");
                 ctx.outcome.decision = "error";
                 ctx.outcome.reason = AuthError::UpstreamUnavailable.code();
+                ctx.outcome.upstream_failed = true;
                 refuse(session, AuthError::UpstreamUnavailable, &ctx.request_id).await;
                 return FailToProxy {
                     error_code: 502,
@@ -492,7 +496,9 @@ impl ProxyHttp for Proxy {
             status,
             latency_us = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
         );
-        if let Some(started) = ctx.upstream_started {
+        if ctx.outcome.upstream_failed {
+            self.engine.metrics().upstream_failed();
+        } else if let Some(started) = ctx.upstream_started {
             let metrics = self.engine.metrics();
             metrics
                 .upstream_duration
