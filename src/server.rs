@@ -194,16 +194,17 @@ pub fn run(
             sessions: sessions.clone(),
         },
     ));
+    let identity = IdentityHeaders::new(&config.header_prefix)
+        .map_err(|e| StartError::Other(e.to_string()))?;
     let endpoints = Endpoints::new(
         parts.engine.clone(),
         admin.clone(),
+        identity.clone(),
         &config.auth_prefix,
         tickets,
         sessions,
         parts.engine.names().clone(),
     );
-    let identity = IdentityHeaders::new(&config.header_prefix)
-        .map_err(|e| StartError::Other(e.to_string()))?;
     let mut proxy = http_proxy_service(
         &server.configuration,
         Proxy::new(

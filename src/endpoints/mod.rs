@@ -14,6 +14,7 @@ use crate::credential::xml::XmlBody;
 use crate::credential::{self, CredentialNames};
 use crate::engine::{Engine, RequestParts};
 use crate::error::{self, AuthError};
+use crate::headers::IdentityHeaders;
 use crate::model::Ticket;
 use crate::sessions::SessionTokens;
 use crate::tickets::{SignInError, Tickets};
@@ -32,12 +33,18 @@ pub enum Endpoint {
     QbSignOut,
     /// `/_auth/tokens[/{id}]`: a signed-in user's own user tokens.
     Tokens,
+    /// `/_auth/check[/…]`: a gateway asks for a decision (§12).
+    Check,
 }
 
 impl Endpoint {
     /// Whether answering needs the request's body.
     pub fn reads_body(self) -> bool {
-        !matches!(self, Self::Unknown | Self::WhoAmI | Self::Jwks)
+        // The check never looks at a body: a gateway doesn't send one.
+        !matches!(
+            self,
+            Self::Unknown | Self::WhoAmI | Self::Jwks | Self::Check
+        )
     }
 }
 
@@ -59,6 +66,8 @@ pub struct Response {
     pub status: StatusCode,
     pub content_type: &'static str,
     pub headers: Vec<(&'static str, String)>,
+    /// The identity headers of §5 (the check endpoint's answer to an admitted request).
+    pub identity: HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -68,6 +77,7 @@ impl Response {
             status,
             content_type: "application/json",
             headers: Vec::new(),
+            identity: HeaderMap::new(),
             body: body.to_string().into_bytes(),
         }
     }
@@ -77,6 +87,7 @@ impl Response {
             status,
             content_type: "application/xml",
             headers: Vec::new(),
+            identity: HeaderMap::new(),
             body,
         }
     }
@@ -89,6 +100,7 @@ impl Response {
                 status: error.status(),
                 content_type: "application/json",
                 headers: Vec::new(),
+                identity: HeaderMap::new(),
                 body: error.json_body(request_id),
             },
         };
@@ -157,6 +169,7 @@ fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<Cow<'a, str>> {
 pub struct Endpoints {
     engine: Arc<Engine>,
     admin: Arc<AdminState>,
+    identity: IdentityHeaders,
     prefix: String,
     tickets: Arc<Tickets>,
     sessions: Arc<SessionTokens>,
@@ -167,6 +180,7 @@ impl Endpoints {
     pub fn new(
         engine: Arc<Engine>,
         admin: Arc<AdminState>,
+        identity: IdentityHeaders,
         prefix: &str,
         tickets: Arc<Tickets>,
         sessions: Arc<SessionTokens>,
@@ -175,6 +189,7 @@ impl Endpoints {
         Arc::new(Self {
             engine,
             admin,
+            identity,
             prefix: prefix.trim_end_matches('/').to_owned(),
             tickets,
             sessions,
@@ -192,6 +207,7 @@ impl Endpoints {
                 "/jwks.json" => Some(Endpoint::Jwks),
                 "/whoami" => Some(Endpoint::WhoAmI),
                 r if r == "/tokens" || r.starts_with("/tokens/") => Some(Endpoint::Tokens),
+                r if r == "/check" || r.starts_with("/check/") => Some(Endpoint::Check),
                 r if r.is_empty() || r.starts_with('/') => Some(Endpoint::Unknown),
                 _ => None,
             };
@@ -218,6 +234,7 @@ impl Endpoints {
             Endpoint::Login => self.login(req).await,
             Endpoint::Jwks => self.jwks(req),
             Endpoint::Tokens => self.tokens(req).await,
+            Endpoint::Check => self.check(req).await,
             Endpoint::Unknown => Response::error(AuthError::NoRoute, req.request_id, None),
         }
     }
@@ -521,7 +538,105 @@ impl Endpoints {
             status,
             content_type: "application/json",
             headers: Vec::new(),
+            identity: HeaderMap::new(),
             body,
+        }
+    }
+
+    /// `/_auth/check` (§12): a gateway's question about the request it holds. The original
+    /// method and URI come from nginx `auth_request` (`X-Original-Method`, `X-Original-URI`),
+    /// Traefik ForwardAuth and Caddy `forward_auth` (`X-Forwarded-Method`, `X-Forwarded-Uri`),
+    /// or, for Envoy's HTTP `ext_authz`, this request's own method and the path under
+    /// `/_auth/check`. The credential is read from this request's headers and cookies and the
+    /// original query. 200 with the identity headers, or the refusal of §4.
+    async fn check(&self, req: &Request<'_>) -> Response {
+        let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
+        let under = req
+            .path
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix("/check"))
+            .unwrap_or("");
+        let forwarded_uri = header("x-original-uri").or_else(|| header("x-forwarded-uri"));
+        let (uri, method): (Cow<'_, str>, Option<&str>) = match forwarded_uri {
+            Some(uri) => (
+                Cow::Borrowed(uri),
+                header("x-original-method").or_else(|| header("x-forwarded-method")),
+            ),
+            None if under.starts_with('/') => (
+                match req.query {
+                    Some(q) => Cow::Owned(format!("{under}?{q}")),
+                    None => Cow::Borrowed(under),
+                },
+                None,
+            ),
+            None => {
+                return invalid(
+                    req.request_id,
+                    "x-original-uri",
+                    "no original request: send X-Original-URI (nginx auth_request) or \
+                     X-Forwarded-Uri (Traefik, Caddy), or put its path under /_auth/check/ (Envoy)",
+                );
+            }
+        };
+        let method = match method {
+            Some(m) => match Method::from_bytes(m.trim().as_bytes()) {
+                Ok(m) => m,
+                Err(_) => {
+                    return invalid(req.request_id, "x-forwarded-method", "not an HTTP method");
+                }
+            },
+            None => req.method.clone(),
+        };
+        let (path, query) = match uri.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (uri.as_ref(), None),
+        };
+        if !path.starts_with('/') {
+            return invalid(
+                req.request_id,
+                "x-original-uri",
+                "the original URI must be a path",
+            );
+        }
+        let parts = RequestParts {
+            method: &method,
+            path,
+            query,
+            headers: req.headers,
+            xml: None,
+            client: req.client,
+        };
+        match self.engine.decide(parts).await {
+            Ok(admission) => {
+                let mut r = Response::json(StatusCode::OK, json!({"allowed": true}));
+                if let Some(identity) = &admission.identity {
+                    self.identity.set(&mut r.identity, identity);
+                }
+                r
+            }
+            Err(d) => {
+                let action = is_qb_api(path, query, req.headers)
+                    .then(|| qb_action(query, req.headers).map(Cow::into_owned))
+                    .flatten();
+                let xml_body = crate::credential::xml::is_xml(
+                    req.headers
+                        .get(http::header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok()),
+                );
+                if d.error == AuthError::MissingCredentials && xml_body && action.is_none() {
+                    // The credential may be in the body, which this shape never sees.
+                    let mut r = Response::error(d.error, req.request_id, None);
+                    r.body = json!({
+                        "error": d.error.code(),
+                        "message": "no credential in the headers, cookies or query; a credential in an XML body needs tokengate in the request path (the proxy), since /_auth/check never sees a body",
+                        "request_id": req.request_id,
+                    })
+                    .to_string()
+                    .into_bytes();
+                    return r;
+                }
+                Response::error(d.error, req.request_id, action.as_deref())
+            }
         }
     }
 

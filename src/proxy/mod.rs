@@ -141,6 +141,11 @@ async fn respond(session: &mut Session, answer: endpoints::Response, request_id:
     for (name, value) in answer.headers {
         let _ = resp.append_header(name, value);
     }
+    for (name, value) in answer.identity {
+        if let Some(name) = name {
+            let _ = resp.insert_header(name, value);
+        }
+    }
     // An unread body would close the connection after the answer: read a small one, and
     // close rather than read a large one from a client that isn't admitted.
     if !session.is_body_done() {
