@@ -264,11 +264,12 @@ impl Engine {
         Ok(admit(Some(identity), found.sources))
     }
 
-    /// A client past its failure limit is answered from the cache alone: a user token or ticket
-    /// the cache doesn't hold is refused (429) without a store read, so a flood of made-up
-    /// tokens costs the store at most `limits.failures_per_minute` reads per client a minute.
-    /// What the cache holds still passes (a shared address isn't locked out by one guesser);
-    /// a session's signature is checked before its record is read, so it needs no guard.
+    /// A client past its failure limit may have `limits.failures_per_minute` more uncached
+    /// user tokens or tickets looked up in its minute; past that it is answered from the cache
+    /// alone (429 for what the cache doesn't hold), so a flood of made-up tokens costs the store
+    /// at most twice that many reads per client a minute. What the cache holds still passes (a
+    /// shared address isn't locked out by one guesser); a session's signature is checked before
+    /// its record is read, so it needs no guard.
     fn held_off(&self, client: Option<IpAddr>, kind: CredentialKind, presented: &str) -> bool {
         if !self.failures.is_blocked(client) {
             return false;
@@ -280,7 +281,7 @@ impl Engine {
                 .is_some_and(|(id, _)| self.cache.holds_ticket(id)),
             CredentialKind::Session => true,
         };
-        !held
+        !held && !self.failures.spend_lookup(client)
     }
 
     /// Every credential on the request (headers, query, cookie, XML body).

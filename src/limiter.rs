@@ -1,7 +1,9 @@
 //! Failed credentials per client address (`limits.failures_per_minute`): past the limit, the
 //! client's failed credentials are answered `429 too_many_failures` for the rest of its
 //! minute, and so are its sign-in attempts, right password or not. Valid credentials still
-//! pass. Nothing is read or written for a request whose credential is good.
+//! pass. Nothing is read or written for a request whose credential is good. A blocked client
+//! may make the store look up `per_minute` more uncached credentials a minute; past that it is
+//! answered from the cache alone.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -12,17 +14,23 @@ pub struct FailureLimiter {
     per_minute: u32,
     /// Failures counted since the client's first failure in its current minute.
     counts: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
+    /// Store lookups a blocked client has made in its current minute.
+    lookups: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
 }
 
 impl FailureLimiter {
     /// `per_minute = 0` turns the limiter off.
     pub fn new(per_minute: u32) -> Self {
-        Self {
-            per_minute,
-            counts: moka::sync::Cache::builder()
+        let per_client = || {
+            moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(60))
-                .build(),
+                .build()
+        };
+        Self {
+            per_minute,
+            counts: per_client(),
+            lookups: per_client(),
         }
     }
 
@@ -35,6 +43,17 @@ impl FailureLimiter {
                 .is_some_and(|c| c.load(Ordering::Relaxed) >= self.per_minute),
             _ => false,
         }
+    }
+
+    /// A blocked client's lookup of a credential the cache doesn't hold: allowed `per_minute`
+    /// times a minute. A valid credential among its requests is still looked up, but a client
+    /// that keeps failing past its limit can't make the store read more than that.
+    pub fn spend_lookup(&self, client: Option<IpAddr>) -> bool {
+        let Some(ip) = client.filter(|_| self.per_minute > 0) else {
+            return true;
+        };
+        let spent = self.lookups.get_with(ip, || Arc::new(AtomicU32::new(0)));
+        spent.fetch_add(1, Ordering::Relaxed) < self.per_minute
     }
 
     /// Counts a failure; true when it took the client past its limit.
@@ -50,6 +69,21 @@ impl FailureLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_blocked_client_gets_as_many_lookups_again_and_no_more() {
+        let l = FailureLimiter::new(2);
+        let ip = Some("203.0.113.9".parse().unwrap());
+        assert_eq!(
+            (l.spend_lookup(ip), l.spend_lookup(ip), l.spend_lookup(ip)),
+            (true, true, false)
+        );
+        assert!(l.spend_lookup(Some("203.0.113.10".parse().unwrap())));
+        assert!(
+            FailureLimiter::new(0).spend_lookup(ip),
+            "no limit, no budget"
+        );
+    }
 
     #[test]
     fn a_client_is_blocked_past_its_limit_and_others_are_not() {

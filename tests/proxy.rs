@@ -930,10 +930,10 @@ fn too_many_failed_credentials_from_one_client_is_429() {
         r.status, 200,
         "a cached credential still passes: one guesser behind a shared address can't lock everyone out"
     );
-    // What the cache doesn't hold is refused without a store read, until the minute is over:
-    // a flood of made-up tokens can't reach the store.
+    // One not cached yet is still looked up (a blocked client has a few lookups a minute
+    // more; tests/replicas.rs counts the bound a flood meets).
     let r = tg.get("/db/bq1", &[("authorization", &qb(&uncached))]);
-    assert_eq!((r.status, r.error().as_str()), (429, "too_many_failures"));
+    assert_eq!(r.status, 200);
     let r = http(
         tg.port,
         "POST",

@@ -399,8 +399,8 @@ fn a_flood_of_made_up_tokens_costs_the_store_a_bounded_number_of_reads() {
     let flood = reads(&redis) - before;
     println!("1000 made-up tokens from one client: {flood} store reads");
     assert!(
-        flood <= 20 + 1,
-        "at most failures_per_minute reads: {flood}"
+        flood <= 2 * 20 + 1,
+        "failures_per_minute reads to reach the limit, as many more past it: {flood}"
     );
     // The genuine token, cached, still passes.
     assert_eq!(status(&tg, &auth), 200);
