@@ -190,7 +190,7 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
 /// no request has needed the store lately.
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let _ = state.store.ping().await;
-    for (kind, n) in state.engine.cache().entry_counts() {
+    for (kind, n) in state.engine.cache().entry_counts().await {
         state.metrics.cache_size(kind, n);
     }
     (
