@@ -6,7 +6,7 @@
 //! connection is driven by the runtime it was made on, and Pingora gives each service its own
 //! long-lived runtime, so it must not be made in a short-lived one (such as `main`'s).
 //!
-//! Keys (prefix `tg:`): `user:{id}`, `users` (set), `app:{id}`, `apps` (set), `utok:{id}`,
+//! Keys (prefix `tg:{tg}:`): `user:{id}`, `users` (set), `app:{id}`, `apps` (set), `utok:{id}`,
 //! `utoks` (set), `user:{id}:utoks` (that user's token ids), `ticket:{id}`, `tickets` (set),
 //! `user:{id}:tickets`, `apptok:{id}`, `apptoks` (set), `app:{id}:apptoks`,
 //! `used:utok:{id}` / `used:ticket:{id}` (last use, milliseconds), `meta:admin_key_hash`.
@@ -22,9 +22,17 @@ use super::{DeletedUser, Store, StoreError, StoreResult, TokenFilter, decode, en
 use crate::model::{App, AppToken, Session, Ticket, User, UserToken};
 use crate::usage::{Usage, UsageKind, UsageRecord, usage_key};
 
-const PREFIX: &str = "tg:";
+/// Every key starts with it, and its hash tag `{tg}` puts the whole keyspace in one hash slot of
+/// a Redis Cluster: the multi-key Lua writes must stay atomic (a script may only touch keys of
+/// one slot), the data set is small and read through each replica's cache, and a cluster is
+/// here for availability and for running on the one a platform team already has, not for
+/// spreading load. The same layout serves every topology. Only a key's first `{...}` is its
+/// tag, so no id moves a key out of the slot; the scripts build some keys from the prefix
+/// (passed as an argument), so those stay in it too.
+const PREFIX: &str = "tg:{tg}:";
 
-/// The pub/sub channel replicas announce changes on (`crate::bus`).
+/// The pub/sub channel replicas announce changes on (`crate::bus`). Not in the slot: a PUBLISH
+/// in a cluster reaches every node.
 pub const INVALIDATION_CHANNEL: &str = "tg:invalidate";
 
 pub struct RedisStore {
