@@ -28,6 +28,7 @@ pub mod engine;
 pub mod error;
 pub mod headers;
 pub mod jwt;
+pub mod layer;
 pub mod limiter;
 pub mod logging;
 pub mod metrics;

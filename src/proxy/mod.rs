@@ -102,7 +102,7 @@ struct Outcome {
 }
 
 /// A request id: the client's `X-Request-Id` when it is a sane one, else a new one.
-fn request_id(headers: &HeaderMap) -> HeaderValue {
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     if let Some(v) = headers.get(REQUEST_ID) {
         let b = v.as_bytes();
         if (1..=64).contains(&b.len())
