@@ -17,9 +17,13 @@ use pingora::services::background::BackgroundService;
 
 use crate::cache::Invalidation;
 use crate::engine::Engine;
+use crate::store::redis::Subscriber;
 
 /// How often a silent subscription is checked, and how long a PING may take.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+/// How long subscribing may take: asking the sentinels for the master first, or trying a
+/// cluster's seed nodes in turn, takes longer than connecting to one server.
+const SUBSCRIBE: Duration = Duration::from_secs(5);
 /// Reconnection waits, doubling from the first to the last.
 const RETRY_FIRST: Duration = Duration::from_millis(50);
 const RETRY_LAST: Duration = Duration::from_secs(2);
@@ -56,15 +60,15 @@ pub fn decode(message: &str) -> Option<(&str, Invalidation)> {
 /// Listens for other replicas' changes (a Pingora background service).
 pub struct Listener {
     engine: Arc<Engine>,
-    client: redis::Client,
+    subscriber: Subscriber,
     channel: &'static str,
 }
 
 impl Listener {
-    pub fn new(engine: Arc<Engine>, client: redis::Client, channel: &'static str) -> Self {
+    pub fn new(engine: Arc<Engine>, subscriber: Subscriber, channel: &'static str) -> Self {
         Self {
             engine,
-            client,
+            subscriber,
             channel,
         }
     }
@@ -72,11 +76,11 @@ impl Listener {
     /// One subscription, from connecting to losing it or shutting down.
     async fn subscribed(&self, shutdown: &mut ShutdownWatch) -> Ended {
         let connect = async {
-            let mut pubsub = self.client.get_async_pubsub().await?;
+            let mut pubsub = self.subscriber.pubsub().await?;
             pubsub.subscribe(self.channel).await?;
             Ok::<_, redis::RedisError>(pubsub)
         };
-        let pubsub = match tokio::time::timeout(HEARTBEAT, connect).await {
+        let pubsub = match tokio::time::timeout(SUBSCRIBE, connect).await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return Ended::Unreached(e.to_string()),
             Err(_) => return Ended::Unreached("timed out connecting".into()),

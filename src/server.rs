@@ -233,10 +233,10 @@ pub fn run(
             JwksRefresher(issuer.clone()),
         ));
     }
-    if let Some((client, channel)) = parts.store.subscriber() {
+    if let Some((subscriber, channel)) = parts.store.subscriber() {
         server.add_service(background_service(
             "invalidation listener",
-            crate::bus::Listener::new(parts.engine.clone(), client, channel),
+            crate::bus::Listener::new(parts.engine.clone(), subscriber, channel),
         ));
     }
     server.add_service(background_service(

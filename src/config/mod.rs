@@ -242,12 +242,12 @@ impl Config {
                 path: PathBuf::from(&store.path),
             },
             "redis" => match &store.url {
-                Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
-                    StoreConfig::Redis { url: url.clone() }
-                }
                 Some(url) => {
-                    // The URL may hold a password: not repeated here.
-                    problems.push("store.url: expected redis://host:port/db".into());
+                    // One server, a cluster or sentinels; the reason never repeats the URL,
+                    // which may hold a password.
+                    if let Err(why) = crate::store::redis::check_url(url) {
+                        problems.push(format!("store.url: {why}"));
+                    }
                     StoreConfig::Redis { url: url.clone() }
                 }
                 None => {
@@ -730,6 +730,58 @@ mod tests {
         );
         assert_eq!(c.threads, 4);
         assert_eq!(c.admin_key.as_deref(), Some("kkkkkkkkkkkkkkkkkkkk"));
+    }
+
+    #[test]
+    fn store_urls() {
+        let problems = |url: &str| {
+            let text = format!("[store]\nbackend = \"redis\"\nurl = {url:?}\n{MINIMAL}");
+            Config::from_toml(&text, no_env())
+                .err()
+                .map(|e| e.0.join("\n"))
+        };
+        for good in [
+            "redis://127.0.0.1:6379/0",
+            "redis://:secret@redis.internal:6379/2",
+            "redis+cluster://10.0.0.1:7000,10.0.0.2:7000,10.0.0.3:7000",
+            "redis+cluster://user:secret@10.0.0.1:7000/",
+            "redis+cluster://redis-0.redis:6379",
+            "redis+sentinel://10.0.0.1:26379,10.0.0.2:26379/mymaster",
+            "redis+sentinel://:secret@sentinel:26379/mymaster/3",
+            "redis+sentinel://sentinel/mymaster/",
+        ] {
+            assert_eq!(problems(good), None, "{good}");
+        }
+        for (bad, why) in [
+            ("http://127.0.0.1:6379", "expected redis://"),
+            ("redis+cluster://", "host:port"),
+            ("redis+cluster://a:7000,,b:7000", "host:port"),
+            ("redis+cluster://a:7000,b:7000/2", "only database 0"),
+            (
+                "redis+cluster://a:7000?read_from_replicas=1",
+                "query parameters",
+            ),
+            ("redis+cluster://a:notaport", "not host:port"),
+            ("redis+sentinel://s1:26379,s2:26379", "master-name"),
+            ("redis+sentinel://s1:26379/", "master-name"),
+            ("redis+sentinel://s1:26379/mymaster/x", "not a number"),
+            ("redis+sentinel://s1:26379/mymaster/1/2", "master-name"),
+            ("redis://127.0.0.1:6379/x", "not a Redis URL"),
+            // TLS to Redis is not built in: refused here rather than at the first connection.
+            ("rediss://127.0.0.1:6380/0", "TLS"),
+        ] {
+            let all = problems(bad).unwrap_or_default();
+            assert!(
+                all.contains("store.url: ") && all.contains(why),
+                "{bad}: {all}"
+            );
+        }
+        // A password in a bad URL is never repeated.
+        let all = problems("redis+cluster://:hunter22@a:7000/5").unwrap_or_default();
+        assert!(
+            all.contains("store.url") && !all.contains("hunter22"),
+            "{all}"
+        );
     }
 
     #[test]

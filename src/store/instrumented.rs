@@ -182,7 +182,7 @@ impl Store for Instrumented {
         }
         self.observe("publish", self.inner.publish(message)).await
     }
-    fn subscriber(&self) -> Option<(::redis::Client, &'static str)> {
+    fn subscriber(&self) -> Option<(super::redis::Subscriber, &'static str)> {
         self.inner.subscriber()
     }
 }

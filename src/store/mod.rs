@@ -125,8 +125,8 @@ pub trait Store: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Where to hear other replicas' announcements: a Redis client and the channel.
-    fn subscriber(&self) -> Option<(::redis::Client, &'static str)> {
+    /// Where to hear other replicas' announcements: pub/sub connections to Redis and the channel.
+    fn subscriber(&self) -> Option<(redis::Subscriber, &'static str)> {
         None
     }
 }

@@ -1,6 +1,7 @@
 //! The Redis backend, shared by every replica. Records are JSON strings; sets index them.
 //! Writes that touch several keys run as Lua scripts, so each is atomic and a failed write
-//! leaves nothing half-written.
+//! leaves nothing half-written. One server, a Redis Cluster or a master found through Sentinel
+//! (`topology`): the code below is the same for all three.
 //!
 //! The connection is made on first use, on the runtime of whoever uses it first: a redis-rs
 //! connection is driven by the runtime it was made on, and Pingora gives each service its own
@@ -11,13 +12,14 @@
 //! `user:{id}:tickets`, `apptok:{id}`, `apptoks` (set), `app:{id}:apptoks`,
 //! `used:utok:{id}` / `used:ticket:{id}` (last use, milliseconds), `meta:admin_key_hash`.
 
-use std::time::Duration;
+mod topology;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, RedisError, Script};
 use tokio::sync::OnceCell;
 
+pub use self::topology::Subscriber;
+use self::topology::{Conn, Topology};
 use super::{DeletedUser, Store, StoreError, StoreResult, TokenFilter, decode, encode};
 use crate::model::{App, AppToken, Session, Ticket, User, UserToken};
 use crate::usage::{Usage, UsageKind, UsageRecord, usage_key};
@@ -35,9 +37,14 @@ const PREFIX: &str = "tg:{tg}:";
 /// in a cluster reaches every node.
 pub const INVALIDATION_CHANNEL: &str = "tg:invalidate";
 
+/// Checks a `store.url` without connecting: a problem in words that never repeat the URL.
+pub fn check_url(url: &str) -> Result<(), String> {
+    Topology::parse(url).map(|_| ())
+}
+
 pub struct RedisStore {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    topology: Topology,
+    conn: OnceCell<Conn>,
     scripts: Scripts,
 }
 
@@ -189,7 +196,7 @@ fn set(name: &str) -> String {
 }
 
 fn map_err(e: RedisError) -> StoreError {
-    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+    if topology::is_unavailable(&e) {
         StoreError::Unavailable(e.to_string())
     } else {
         StoreError::Backend(e.to_string())
@@ -199,10 +206,10 @@ fn map_err(e: RedisError) -> StoreError {
 impl RedisStore {
     /// Checks the URL; connects on first use.
     pub fn new(url: &str) -> StoreResult<Self> {
-        let client = redis::Client::open(url)
-            .map_err(|e| StoreError::Backend(format!("bad store.url: {e}")))?;
+        let topology =
+            Topology::parse(url).map_err(|e| StoreError::Backend(format!("bad store.url: {e}")))?;
         Ok(Self {
-            client,
+            topology,
             conn: OnceCell::new(),
             scripts: Scripts {
                 record_usage: Script::new(RECORD_USAGE),
@@ -216,13 +223,9 @@ impl RedisStore {
         })
     }
 
-    async fn conn(&self) -> StoreResult<ConnectionManager> {
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(1)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1);
+    async fn conn(&self) -> StoreResult<Conn> {
         self.conn
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
+            .get_or_try_init(|| self.topology.connect())
             .await
             .cloned()
             .map_err(map_err)
@@ -254,7 +257,7 @@ impl RedisStore {
 
     async fn many<T: serde::de::DeserializeOwned>(
         &self,
-        c: &mut ConnectionManager,
+        c: &mut Conn,
         kind: &str,
         what: &str,
         ids: &[String],
@@ -407,8 +410,8 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    fn subscriber(&self) -> Option<(redis::Client, &'static str)> {
-        Some((self.client.clone(), INVALIDATION_CHANNEL))
+    fn subscriber(&self) -> Option<(Subscriber, &'static str)> {
+        Some((self.topology.subscriber(), INVALIDATION_CHANNEL))
     }
 
     async fn ping(&self) -> StoreResult<()> {
