@@ -1,6 +1,7 @@
-//! Real parts for the integration tests: a `redis-server` on a free port, a recording upstream
-//! over TCP, the real `tokengate` binary, and a plain HTTP/1.1 client. Every process a test
-//! starts is stopped by its pid when the test drops it.
+//! Real parts for the integration tests: a `redis-server` on a free port (or a Redis Cluster, or
+//! a master with a replica and a sentinel), a recording upstream over TCP, the real `tokengate`
+//! binary, and a plain HTTP/1.1 client. Every process a test starts is stopped by its pid when
+//! the test drops it.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -137,6 +138,286 @@ impl Drop for RedisServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Polls `check` until it gives a value, for at most `within`; names `what` when it never does.
+pub fn poll<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One `redis-server` of a topology (a cluster node, a replica, a sentinel), on its own port and
+/// in its own directory; stopped by its pid when dropped.
+pub struct RedisProcess {
+    pub port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl RedisProcess {
+    /// `redis-server` with a config file holding `config` (and the port, address and
+    /// directory), then `args`.
+    fn spawn(port: u16, config: &str, args: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("redis.conf");
+        let config = format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsave \"\"\nappendonly no\n{config}\n",
+            dir.path().display()
+        );
+        std::fs::write(&file, config).unwrap();
+        let log = dir.path().join("redis.log");
+        let mut child = Command::new("redis-server")
+            .arg(&file)
+            .args(args)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        wait_for_port(port, &mut child, "redis-server", Some(&log));
+        Self { port, child, dir }
+    }
+
+    /// One command on a new connection (an error when the process can't be reached).
+    pub fn query<T: redis::FromRedisValue>(&self, cmd: &mut redis::Cmd) -> redis::RedisResult<T> {
+        let mut c =
+            redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()?;
+        cmd.query(&mut c)
+    }
+
+    /// `INFO <section>` as `field -> value`.
+    pub fn info(&self, section: &str) -> std::collections::HashMap<String, String> {
+        let text: String = self
+            .query(redis::cmd("INFO").arg(section))
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.to_owned(), v.trim().to_owned()))
+            .collect()
+    }
+
+    /// Kills it (ours, by pid).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A free port whose cluster bus port (+10000) is free too.
+fn free_cluster_port() -> u16 {
+    poll(Duration::from_secs(10), "a free port pair", || {
+        let port = free_port();
+        let bus = port.checked_add(10_000)?;
+        TcpListener::bind((Ipv4Addr::LOCALHOST, bus)).ok()?;
+        Some(port)
+    })
+}
+
+/// A Redis Cluster of three masters (no replicas) on free ports, every slot assigned.
+pub struct RedisCluster {
+    pub nodes: Vec<RedisProcess>,
+}
+
+impl RedisCluster {
+    pub fn start() -> Self {
+        let nodes: Vec<RedisProcess> = (0..3)
+            .map(|_| {
+                RedisProcess::spawn(
+                    free_cluster_port(),
+                    "cluster-enabled yes\ncluster-config-file nodes.conf\ncluster-node-timeout 5000",
+                    &[],
+                )
+            })
+            .collect();
+        let addresses: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli must be installed (apt-get install redis-tools)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        for node in &cluster.nodes {
+            poll(
+                Duration::from_secs(30),
+                "cluster_state:ok on every node",
+                || {
+                    let info: String = node.query(redis::cmd("CLUSTER").arg("INFO")).ok()?;
+                    (info.contains("cluster_state:ok") && info.contains("cluster_known_nodes:3"))
+                        .then_some(())
+                },
+            );
+        }
+        cluster
+    }
+
+    /// `redis+cluster://` with every node as a seed, node `first` first.
+    pub fn url_from(&self, first: usize) -> String {
+        let n = self.nodes.len();
+        let seeds: Vec<String> = (0..n)
+            .map(|i| format!("127.0.0.1:{}", self.nodes[(first + i) % n].port))
+            .collect();
+        format!("redis+cluster://{}", seeds.join(","))
+    }
+
+    pub fn url(&self) -> String {
+        self.url_from(0)
+    }
+
+    /// Which node serves `key`'s hash slot: the one that answers for it (the others answer
+    /// MOVED).
+    pub fn node_of(&self, key: &str) -> usize {
+        let owners: Vec<usize> = (0..self.nodes.len())
+            .filter(|i| {
+                self.nodes[*i]
+                    .query::<i64>(redis::cmd("EXISTS").arg(key))
+                    .is_ok()
+            })
+            .collect();
+        assert_eq!(owners.len(), 1, "one node serves {key}");
+        owners[0]
+    }
+
+    /// How many keys each node holds.
+    pub fn key_counts(&self) -> Vec<i64> {
+        self.nodes
+            .iter()
+            .map(|n| n.query(&mut redis::cmd("DBSIZE")).unwrap())
+            .collect()
+    }
+}
+
+/// A master, one replica of it, and one sentinel watching them (quorum 1), on free ports.
+pub struct RedisSentinel {
+    pub master: RedisProcess,
+    pub replica: RedisProcess,
+    pub sentinel: RedisProcess,
+}
+
+pub const SENTINEL_MASTER: &str = "mymaster";
+
+impl RedisSentinel {
+    pub fn start() -> Self {
+        let master = RedisProcess::spawn(free_port(), "", &[]);
+        let replica = RedisProcess::spawn(
+            free_port(),
+            &format!("replicaof 127.0.0.1 {}", master.port),
+            &[],
+        );
+        poll(Duration::from_secs(30), "the replica in sync", || {
+            (replica.info("replication").get("master_link_status")? == "up").then_some(())
+        });
+        let sentinel = RedisProcess::spawn(
+            free_port(),
+            &format!(
+                "sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {} 1\n\
+                 sentinel down-after-milliseconds {SENTINEL_MASTER} 2000\n\
+                 sentinel failover-timeout {SENTINEL_MASTER} 10000",
+                master.port
+            ),
+            &["--sentinel"],
+        );
+        let s = Self {
+            master,
+            replica,
+            sentinel,
+        };
+        poll(
+            Duration::from_secs(30),
+            "the sentinel knowing the replica",
+            || s.known_replica().then_some(()),
+        );
+        s
+    }
+
+    /// Whether the sentinel lists the replica as a healthy one.
+    fn known_replica(&self) -> bool {
+        let replicas: Vec<std::collections::HashMap<String, String>> = self
+            .sentinel
+            .query(redis::cmd("SENTINEL").arg("REPLICAS").arg(SENTINEL_MASTER))
+            .unwrap_or_default();
+        replicas.iter().any(|r| {
+            r.get("port").map(String::as_str) == Some(&self.replica.port.to_string())
+                && r.get("flags").map(String::as_str) == Some("slave")
+                && r.get("master-link-status").map(String::as_str) == Some("ok")
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!(
+            "redis+sentinel://127.0.0.1:{}/{SENTINEL_MASTER}/0",
+            self.sentinel.port
+        )
+    }
+
+    /// The port of the master the sentinel names now.
+    pub fn master_port(&self) -> u16 {
+        let (_, port): (String, u16) = self
+            .sentinel
+            .query(
+                redis::cmd("SENTINEL")
+                    .arg("GET-MASTER-ADDR-BY-NAME")
+                    .arg(SENTINEL_MASTER),
+            )
+            .unwrap();
+        port
+    }
+
+    /// Makes the replica the master (`SENTINEL FAILOVER`) and waits until the sentinel names
+    /// it and the old master has become its replica (which cuts the old master's clients).
+    pub fn failover(&self) {
+        let before = self.master_port();
+        let (new, old) = if before == self.master.port {
+            (&self.replica, &self.master)
+        } else {
+            (&self.master, &self.replica)
+        };
+        poll(
+            Duration::from_secs(30),
+            "SENTINEL FAILOVER accepted",
+            || {
+                self.sentinel
+                    .query::<String>(redis::cmd("SENTINEL").arg("FAILOVER").arg(SENTINEL_MASTER))
+                    .ok()
+            },
+        );
+        poll(
+            Duration::from_secs(30),
+            "the sentinel naming the new master",
+            || (self.master_port() == new.port).then_some(()),
+        );
+        poll(
+            Duration::from_secs(30),
+            "the old master a replica of the new",
+            || {
+                let info = old.info("replication");
+                (info.get("role")? == "slave"
+                    && info.get("master_port")? == &new.port.to_string()
+                    && info.get("master_link_status")? == "up")
+                    .then_some(())
+            },
+        );
     }
 }
 
