@@ -40,5 +40,6 @@ pub mod server;
 pub mod sessions;
 pub mod store;
 pub mod tickets;
+pub mod tls;
 pub mod usage;
 pub mod verify;

@@ -217,7 +217,16 @@ pub fn run(
             config.trusted_proxies.clone(),
         ),
     );
-    proxy.add_tcp(&config.listen);
+    match &config.tls {
+        Some((cert, key)) => {
+            let resolver = crate::tls::ReloadingCert::new(cert, key).map_err(StartError::Other)?;
+            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(cert, key)
+                .map_err(|e| StartError::Other(e.to_string()))?;
+            settings.set_cert_resolver(Arc::new(resolver));
+            proxy.add_tls_with_settings(&config.listen, None, settings);
+        }
+        None => proxy.add_tcp(&config.listen),
+    }
     server.add_service(proxy);
 
     server.add_service(background_service(
@@ -276,8 +285,9 @@ fn banner(config: &Config, upstream: &UpstreamTarget) {
         ),
     };
     println!(
-        "tokengate {}: proxy http://{}  admin http://{}  store {}  upstream {}  routes {}",
+        "tokengate {}: proxy http{}://{}  admin http://{}  store {}  upstream {}  routes {}",
         env!("CARGO_PKG_VERSION"),
+        if config.tls.is_some() { "s" } else { "" },
         config.listen,
         config.admin_listen,
         store,

@@ -59,6 +59,8 @@ pub struct Config {
     /// `/_auth` by default: tokengate's own endpoints.
     pub auth_prefix: String,
     pub shutdown_grace: Duration,
+    /// HTTPS on the proxy listener: certificate and key files (reloaded when they change).
+    pub tls: Option<(String, String)>,
     /// Whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     pub upstream: Upstream,
@@ -210,11 +212,20 @@ impl Config {
                 "headers.assertion_audience must be set, and differ from sessions.audience".into(),
             );
         }
-        if server.tls_cert.is_some() || server.tls_key.is_some() {
-            problems.push(
-                "server.tls_cert / tls_key: TLS on the listeners is not supported yet".into(),
-            );
-        }
+        let tls = match (&server.tls_cert, &server.tls_key) {
+            (Some(cert), Some(key)) => match crate::tls::ReloadingCert::new(cert, key) {
+                Ok(_) => Some((cert.clone(), key.clone())),
+                Err(e) => {
+                    problems.push(format!("server.tls_cert / tls_key: {e}"));
+                    None
+                }
+            },
+            (None, None) => None,
+            _ => {
+                problems.push("server.tls_cert and server.tls_key go together".into());
+                None
+            }
+        };
         let upstream_cfg = parse_upstream(&upstream.url).unwrap_or_else(|p| {
             problems.push(p);
             Upstream::Echo
@@ -377,6 +388,7 @@ impl Config {
             threads: server.threads,
             auth_prefix: server.auth_prefix,
             shutdown_grace,
+            tls,
             trusted_proxies,
             upstream: upstream_cfg,
             upstream_connect_timeout,

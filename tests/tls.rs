@@ -1,0 +1,211 @@
+//! HTTPS on the proxy listener from certificate files, and a renewed certificate served
+//! without a restart. Certificates are made by Debian's `openssl`; what is served is read back
+//! with `openssl s_client`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Backend, Tokengate};
+use serde_json::json;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let ok = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("openssl must be installed")
+        .success();
+    assert!(ok, "openssl {args:?}");
+}
+
+/// A test CA in `dir` (ca.crt, ca.key).
+fn make_ca(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+        ],
+    );
+}
+
+/// A certificate for 127.0.0.1 signed by the test CA, and its key, written to `cert` and `key`.
+fn make_cert(dir: &Path, cert: &str, key: &str, cn: &str) {
+    let subject = format!("/CN={cn}");
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            &subject,
+            "-keyout",
+            key,
+            "-out",
+            "leaf.csr",
+        ],
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            cert,
+        ],
+    );
+}
+
+/// The subject of the certificate served on `port`.
+fn served_subject(port: u16) -> String {
+    let mut s_client = Command::new("openssl")
+        .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let x509 = Command::new("openssl")
+        .args(["x509", "-noout", "-subject"])
+        .stdin(s_client.stdout.take().unwrap())
+        .output()
+        .unwrap();
+    let _ = s_client.wait();
+    String::from_utf8_lossy(&x509.stdout).trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_serves_https_and_picks_up_a_renewed_certificate() {
+    let mut tg = Tokengate::start(
+        &Backend::Embedded,
+        "echo",
+        "[[routes]]\npath = \"/db/{app}\"\n",
+        "",
+    );
+    let dir = tg.dir.path().to_owned();
+    make_ca(&dir);
+    make_cert(&dir, "tls.crt", "tls.key", "first");
+    tg.rewrite_config(|c| {
+        c.replace(
+            "threads = 1\n",
+            &format!(
+                "threads = 1\ntls_cert = {:?}\ntls_key = {:?}\n",
+                dir.join("tls.crt"),
+                dir.join("tls.key")
+            ),
+        )
+    });
+    tg.restart();
+    tg.admin("POST", "/v1/apps", Some(json!({"id": "bq1", "name": "B"})));
+    tg.admin(
+        "POST",
+        "/v1/users",
+        Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"]})),
+    );
+    let secret = tg
+        .admin(
+            "POST",
+            "/v1/users/al/tokens",
+            Some(json!({"name": "t", "apps": ["bq1"]})),
+        )
+        .json()["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // A client that trusts the CA gets through over HTTPS.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.crt")).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("https://127.0.0.1:{}/db/bq1", tg.port))
+        .header("authorization", format!("QB-USER-TOKEN {secret}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(served_subject(tg.port).contains("first"));
+
+    // Renewed as a Secret update does it: new files swapped in.
+    make_cert(&dir, "new.crt", "new.key", "second");
+    std::fs::rename(dir.join("new.key"), dir.join("tls.key")).unwrap();
+    std::fs::rename(dir.join("new.crt"), dir.join("tls.crt")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let subject = served_subject(tg.port);
+        if subject.contains("second") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still serving {subject:?}\n{}",
+            tg.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Same process: no restart happened.
+    assert!(
+        tg.log().contains("TLS certificate reloaded"),
+        "{}",
+        tg.log()
+    );
+
+    // A pair that can't be served stops the start, with the reason.
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["check-config", "-c"])
+        .arg(tg.config_path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(dir.join("tls.key"), "not a key").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["check-config", "-c"])
+        .arg(tg.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("server.tls_cert / tls_key"), "{said}");
+}
