@@ -58,7 +58,7 @@ pub fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            crate::logging::init();
+            crate::logging::init(&config.log_level);
             match crate::server::run(config, None) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

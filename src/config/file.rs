@@ -18,6 +18,8 @@ pub struct Server {
     pub shutdown_grace: String,
     /// Peers whose `X-Forwarded-For` is believed (addresses or networks).
     pub trusted_proxies: Vec<String>,
+    /// What is logged: a level (`info`) or tracing directives (`info,access=warn`).
+    pub log_level: String,
 }
 
 impl Default for Server {
@@ -31,6 +33,7 @@ impl Default for Server {
             tls_key: None,
             shutdown_grace: "5s".into(),
             trusted_proxies: Vec::new(),
+            log_level: "info".into(),
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct Config {
     pub tls: Option<(String, String)>,
     /// Whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// `server.log_level` (`RUST_LOG`, when set, wins).
+    pub log_level: String,
     pub upstream: Upstream,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
@@ -203,6 +205,12 @@ impl Config {
             }
         }
         let trusted_proxies = crate::client_addr::TrustedProxies::new(nets);
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&server.log_level) {
+            problems.push(format!(
+                "server.log_level = {:?}: not a level like info or a directive like info,access=warn ({e})",
+                server.log_level
+            ));
+        }
         if server.threads == 0 {
             problems.push("server.threads must be at least 1".into());
         }
@@ -390,6 +398,7 @@ impl Config {
             shutdown_grace,
             tls,
             trusted_proxies,
+            log_level: server.log_level,
             upstream: upstream_cfg,
             upstream_connect_timeout,
             upstream_read_timeout,
@@ -442,7 +451,7 @@ fn apply_env(
             continue;
         }
         // Secrets, addresses and names stay strings even when they look like numbers.
-        const STRINGS: [&str; 12] = [
+        const STRINGS: [&str; 13] = [
             "key",
             "key_file",
             "url",
@@ -455,6 +464,7 @@ fn apply_env(
             "algorithm",
             "prefix",
             "auth_prefix",
+            "log_level",
         ];
         let parsed = if STRINGS.contains(&key.as_str()) {
             toml::Value::String(value)
@@ -742,6 +752,29 @@ mod tests {
         );
         assert_eq!(c.threads, 4);
         assert_eq!(c.admin_key.as_deref(), Some("kkkkkkkkkkkkkkkkkkkk"));
+    }
+
+    #[test]
+    fn log_level_from_the_file_or_the_environment_and_checked() {
+        assert_eq!(
+            Config::from_toml(MINIMAL, no_env()).unwrap().log_level,
+            "info"
+        );
+        let env = vec![(
+            "TOKENGATE_SERVER__LOG_LEVEL".to_owned(),
+            "warn,access=info".to_owned(),
+        )];
+        assert_eq!(
+            Config::from_toml(MINIMAL, env).unwrap().log_level,
+            "warn,access=info"
+        );
+        let text = format!("[server]\nlog_level = \"loud=[\"\n{MINIMAL}");
+        let problems = Config::from_toml(&text, no_env())
+            .err()
+            .unwrap()
+            .0
+            .join("\n");
+        assert!(problems.contains("server.log_level"), "{problems}");
     }
 
     #[test]
