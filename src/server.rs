@@ -217,21 +217,27 @@ pub fn run(
             config.trusted_proxies.clone(),
         ),
     );
-    match &config.tls {
-        Some((cert, key)) => {
-            let resolver = crate::tls::ReloadingCert::new(cert, key).map_err(StartError::Other)?;
-            let mut settings = pingora::listeners::tls::TlsSettings::intermediate(cert, key)
-                .map_err(|e| StartError::Other(e.to_string()))?;
-            settings.set_cert_resolver(Arc::new(resolver));
+    let cert = match &config.tls {
+        Some((cert, key)) => Some(Arc::new(
+            crate::tls::ReloadingCert::new(cert, key).map_err(StartError::Other)?,
+        )),
+        None => None,
+    };
+    match (&config.tls, &cert) {
+        (Some((cert_path, key_path)), Some(resolver)) => {
+            let mut settings =
+                pingora::listeners::tls::TlsSettings::intermediate(cert_path, key_path)
+                    .map_err(|e| StartError::Other(e.to_string()))?;
+            settings.set_cert_resolver(resolver.clone());
             proxy.add_tls_with_settings(&config.listen, None, settings);
         }
-        None => proxy.add_tcp(&config.listen),
+        _ => proxy.add_tcp(&config.listen),
     }
     server.add_service(proxy);
 
     server.add_service(background_service(
         "admin",
-        AdminService::new(admin, admin_listener),
+        AdminService::new(admin, admin_listener, cert.filter(|_| config.admin_tls)),
     ));
     if let Some(l) = echo {
         server.add_service(background_service("echo upstream", EchoService::new(l)));
@@ -285,10 +291,11 @@ fn banner(config: &Config, upstream: &UpstreamTarget) {
         ),
     };
     println!(
-        "tokengate {}: proxy http{}://{}  admin http://{}  store {}  upstream {}  routes {}",
+        "tokengate {}: proxy http{}://{}  admin http{}://{}  store {}  upstream {}  routes {}",
         env!("CARGO_PKG_VERSION"),
         if config.tls.is_some() { "s" } else { "" },
         config.listen,
+        if config.admin_tls { "s" } else { "" },
         config.admin_listen,
         store,
         upstream,

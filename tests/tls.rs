@@ -191,6 +191,33 @@ async fn the_proxy_serves_https_and_picks_up_a_renewed_certificate() {
         tg.log()
     );
 
+    // The admin listener over HTTPS too, with the same certificate.
+    tg.rewrite_config(|c| c.replace("threads = 1\n", "threads = 1\nadmin_tls = true\n"));
+    tg.restart_unready();
+    let admin = format!("https://127.0.0.1:{}/readyz", tg.admin_port);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match client.get(&admin).send().await {
+            Ok(r) if r.status() == 200 => break,
+            _ => {}
+        }
+        assert!(Instant::now() < deadline, "no HTTPS admin:\n{}", tg.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(served_subject(tg.admin_port).contains("second"));
+    let r = client
+        .get(format!("https://127.0.0.1:{}/v1/apps", tg.admin_port))
+        .header("authorization", format!("Bearer {}", common::ADMIN_KEY))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_ne!(
+        tg.admin_raw("GET", "/healthz", None, None).status,
+        200,
+        "no plain HTTP on it any more"
+    );
+
     // A pair that can't be served stops the start, with the reason.
     let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .args(["check-config", "-c"])

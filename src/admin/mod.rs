@@ -204,14 +204,58 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 pub struct AdminService {
     state: Arc<AdminState>,
     listener: Mutex<Option<TcpListener>>,
+    /// HTTPS with this certificate (`server.admin_tls`), else plain HTTP.
+    tls: Option<Arc<crate::tls::ReloadingCert>>,
 }
 
 impl AdminService {
-    pub fn new(state: Arc<AdminState>, listener: TcpListener) -> Self {
+    pub fn new(
+        state: Arc<AdminState>,
+        listener: TcpListener,
+        tls: Option<Arc<crate::tls::ReloadingCert>>,
+    ) -> Self {
         Self {
             state,
             listener: Mutex::new(Some(listener)),
+            tls,
         }
+    }
+}
+
+/// The admin listener over TLS: each accepted connection's handshake, then axum serves it.
+/// Handshakes run one at a time (bounded by `HANDSHAKE`): the admin API is not a busy door.
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: pingora::tls::TlsAcceptor,
+}
+
+const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl axum::serve::Listener for TlsListener {
+    type Io = pingora::tls::ServerTlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let (stream, addr) = match self.tcp.accept().await {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait a moment rather than spin.
+                    tracing::warn!(error = %e, "admin listener: accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            match tokio::time::timeout(HANDSHAKE, self.acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => return (tls, addr),
+                Ok(Err(e)) => tracing::debug!(error = %e, "admin listener: TLS handshake failed"),
+                Err(_) => tracing::debug!("admin listener: TLS handshake timed out"),
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
     }
 }
 
@@ -245,10 +289,27 @@ impl BackgroundService for AdminService {
             }
         });
         let app = router(self.state.clone());
-        let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let stopped = async move {
             let _ = shutdown.changed().await;
-        });
-        if let Err(e) = serve.await {
+        };
+        let served = match &self.tls {
+            None => {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(stopped)
+                    .await
+            }
+            Some(cert) => {
+                let config = pingora::tls::ServerConfig::builder()
+                    .with_no_client_auth()
+                    .with_cert_resolver(cert.clone());
+                let tls = TlsListener {
+                    tcp: listener,
+                    acceptor: pingora::tls::TlsAcceptor::from(Arc::new(config)),
+                };
+                axum::serve(tls, app).with_graceful_shutdown(stopped).await
+            }
+        };
+        if let Err(e) = served {
             tracing::error!(error = %e, "admin listener stopped");
         }
     }

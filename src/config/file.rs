@@ -14,6 +14,8 @@ pub struct Server {
     pub auth_prefix: String,
     pub tls_cert: Option<String>,
     pub tls_key: Option<String>,
+    /// The admin listener serves HTTPS too, with the same certificate.
+    pub admin_tls: bool,
     /// How long SIGTERM waits for in-flight requests before exiting.
     pub shutdown_grace: String,
     /// Peers whose `X-Forwarded-For` is believed (addresses or networks).
@@ -31,6 +33,7 @@ impl Default for Server {
             auth_prefix: "/_auth".into(),
             tls_cert: None,
             tls_key: None,
+            admin_tls: false,
             shutdown_grace: "5s".into(),
             trusted_proxies: Vec::new(),
             log_level: "info".into(),

@@ -61,6 +61,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// HTTPS on the proxy listener: certificate and key files (reloaded when they change).
     pub tls: Option<(String, String)>,
+    /// HTTPS on the admin listener too (`server.admin_tls`).
+    pub admin_tls: bool,
     /// Whose `X-Forwarded-For` names the client (`server.trusted_proxies`).
     pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// `server.log_level` (`RUST_LOG`, when set, wins).
@@ -234,6 +236,11 @@ impl Config {
                 None
             }
         };
+        if server.admin_tls && server.tls_cert.is_none() {
+            problems.push(
+                "server.admin_tls needs a certificate: set server.tls_cert and tls_key".into(),
+            );
+        }
         let upstream_cfg = parse_upstream(&upstream.url).unwrap_or_else(|p| {
             problems.push(p);
             Upstream::Echo
@@ -397,6 +404,7 @@ impl Config {
             auth_prefix: server.auth_prefix,
             shutdown_grace,
             tls,
+            admin_tls: server.admin_tls,
             trusted_proxies,
             log_level: server.log_level,
             upstream: upstream_cfg,
@@ -755,7 +763,7 @@ mod tests {
     }
 
     #[test]
-    fn log_level_from_the_file_or_the_environment_and_checked() {
+    fn log_level_and_admin_tls_are_checked() {
         assert_eq!(
             Config::from_toml(MINIMAL, no_env()).unwrap().log_level,
             "info"
@@ -768,6 +776,13 @@ mod tests {
             Config::from_toml(MINIMAL, env).unwrap().log_level,
             "warn,access=info"
         );
+        let text = format!("[server]\nadmin_tls = true\n{MINIMAL}");
+        let problems = Config::from_toml(&text, no_env())
+            .err()
+            .unwrap()
+            .0
+            .join("\n");
+        assert!(problems.contains("server.admin_tls needs"), "{problems}");
         let text = format!("[server]\nlog_level = \"loud=[\"\n{MINIMAL}");
         let problems = Config::from_toml(&text, no_env())
             .err()

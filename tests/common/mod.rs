@@ -746,6 +746,14 @@ impl Tokengate {
         self.wait_ready();
     }
 
+    /// As [`Tokengate::restart`], without waiting for `/readyz` over plain HTTP (for an admin
+    /// listener that serves HTTPS).
+    pub fn restart_unready(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = Self::spawn(&self.dir, self.port, self.admin_port);
+    }
+
     /// The config file this instance runs on.
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("tokengate.toml")
