@@ -234,10 +234,16 @@ impl<T: Send + Sync + 'static> Table<T> {
         match loaded {
             Ok(v) => {
                 at.breaker.close();
-                if let (Some(kept), Cached::Found(value)) = (&self.kept, &v) {
-                    let loaded_at = at.clock.now();
-                    let value = value.clone();
-                    kept.insert(id.to_owned(), Kept { value, loaded_at }).await;
+                match (&self.kept, &v) {
+                    (Some(kept), Cached::Found(value)) => {
+                        let loaded_at = at.clock.now();
+                        let value = value.clone();
+                        kept.insert(id.to_owned(), Kept { value, loaded_at }).await;
+                    }
+                    // Gone from the store (deleted, perhaps by a change this replica never
+                    // heard of): nothing of it may be served stale later.
+                    (Some(kept), Cached::Missing) => kept.invalidate(id).await,
+                    (None, _) => {}
                 }
                 // An invalidation between the check in the loader and moka's insert: drop it.
                 if epoch.load(Ordering::Acquire) != started {

@@ -74,6 +74,29 @@ impl IdentityHeaders {
         }
     }
 
+    /// Sets every identity header: the identity's values, and an empty value for each it has
+    /// none of (or for all, with no identity). For answers a gateway copies onto a request.
+    pub fn set_all(&self, headers: &mut HeaderMap, identity: Option<&Identity>) {
+        for name in [
+            &self.user_id,
+            &self.user_email,
+            &self.user_name,
+            &self.method,
+            &self.credential_id,
+            &self.app_id,
+            &self.department,
+            &self.user_type,
+            &self.tenant,
+            &self.expires_at,
+            &self.assertion,
+        ] {
+            headers.insert(name.clone(), HeaderValue::from_static(""));
+        }
+        if let Some(identity) = identity {
+            self.set(headers, identity);
+        }
+    }
+
     /// Sets the identity headers (call [`Self::strip_forged`] first).
     pub fn set(&self, req: &mut impl RequestEdit, identity: &Identity) {
         let user = &identity.user;

@@ -46,6 +46,41 @@ fn check(backend: &Backend) {
     assert_eq!(r.header("x-auth-app-id"), Some("bq1"));
     assert_eq!(r.header("x-auth-department"), Some("Sales"));
     assert_eq!(r.header("x-auth-method"), Some("user_token"));
+    // Every identity header is answered, empty where there is no value, so a gateway that
+    // copies them overwrites what a client sent.
+    assert_eq!(r.header("x-auth-tenant"), Some(""));
+    assert_eq!(r.header("x-auth-user-type"), Some(""));
+
+    // Traefik and Caddy pass the client's headers on: a client's own X-Original-* that
+    // disagrees with the gateway's X-Forwarded-* decides nothing.
+    let r = ask(
+        "/_auth/check",
+        &[
+            ("x-forwarded-uri", "/db/zz9"),
+            ("x-forwarded-method", "GET"),
+            ("x-original-uri", "/db/bq1"),
+            ("authorization", &auth),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = ask(
+        "/_auth/check",
+        &[
+            ("x-forwarded-uri", "/db/bq1"),
+            ("x-forwarded-method", "DELETE"),
+            ("x-original-method", "GET"),
+            ("authorization", &auth),
+        ],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let r = ask(
+        "/_auth/check/db/zz9",
+        &[("x-original-uri", "/db/bq1"), ("authorization", &auth)],
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    // An open route: every identity header, all empty.
+    let r = ask("/_auth/check", &[("x-forwarded-uri", "/public")]);
+    assert_eq!((r.status, r.header("x-auth-user-id")), (200, Some("")));
     // The same question about another app: the proxy's answer.
     let r = ask(
         "/_auth/check",
@@ -78,8 +113,6 @@ fn check(backend: &Backend) {
         &[("x-forwarded-uri", "/nowhere"), ("authorization", &auth)],
     );
     assert_eq!((r.status, r.error().as_str()), (404, "no_route"));
-    let r = ask("/_auth/check", &[("x-forwarded-uri", "/public")]);
-    assert_eq!(r.status, 200, "an open route");
 
     // A ticket in its cookie.
     let r = http(

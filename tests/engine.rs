@@ -463,3 +463,23 @@ async fn a_change_or_a_resync_takes_the_stale_copy_too() {
         Err(AuthError::AuthUnavailable)
     );
 }
+
+#[tokio::test]
+async fn a_record_found_gone_is_never_served_stale() {
+    let mut w = world(true, None).await;
+    decide(&w.engine, &w.token).await.unwrap();
+    // Deleted by a change this replica never heard of (its subscription was down).
+    w.store.delete_user_token(&w.token_id).await.unwrap();
+    w.engine.cache().resync(true);
+    assert_eq!(
+        decide(&w.engine, &w.token).await,
+        Err(AuthError::InvalidToken)
+    );
+    // Then the store goes away: the old copy must not come back.
+    w._redis.as_mut().unwrap().kill();
+    w.engine.cache().resync(true);
+    assert_eq!(
+        decide(&w.engine, &w.token).await,
+        Err(AuthError::AuthUnavailable)
+    );
+}

@@ -242,6 +242,30 @@ fn self_service(backend: &Backend) {
     let r = call(&tg, &ann_session, "GET", "/_auth/tokens", None);
     assert_eq!((r.status, ids(&r).len()), (200, 2), "{}", r.text());
 
+    // A session opened for one app manages tokens for that app only.
+    let r = post_json(
+        &tg,
+        "/_auth/login",
+        &json!({"username": "ann", "password": PASSWORD, "app": "bq1"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let bound = format!("Bearer {}", r.json()["token"].as_str().unwrap());
+    let r = call(
+        &tg,
+        &bound,
+        "POST",
+        "/_auth/tokens",
+        Some(&json!({"name": "wider", "apps": ["bq1", "bq2"]})),
+    );
+    assert_eq!(
+        (r.status, r.json()["field"].clone()),
+        (400, json!("apps")),
+        "{}",
+        r.text()
+    );
+    let r = call(&tg, &bound, "PATCH", &path, Some(&json!({"apps": ["bq2"]})));
+    assert_eq!(r.status, 400, "{}", r.text());
+
     // The limit holds here too.
     let r = call(
         &tg,

@@ -205,6 +205,18 @@ async fn the_proxy_serves_https_and_picks_up_a_renewed_certificate() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(served_subject(tg.admin_port).contains("second"));
+    // A client that connects and never says hello holds nobody else up.
+    let _silent: Vec<_> = (0..4)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", tg.admin_port)).unwrap())
+        .collect();
+    let started = Instant::now();
+    let r = client.get(&admin).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "waited behind silent handshakes: {:?}",
+        started.elapsed()
+    );
     let r = client
         .get(format!("https://127.0.0.1:{}/v1/apps", tg.admin_port))
         .header("authorization", format!("Bearer {}", common::ADMIN_KEY))

@@ -1215,18 +1215,45 @@ fn actor() -> String {
 pub(crate) async fn self_service(
     state: Arc<AdminState>,
     caller: &User,
+    bound_app: Option<&str>,
     method: &axum::http::Method,
     token_id: Option<String>,
     query: Option<&str>,
     body: &[u8],
 ) -> (StatusCode, Vec<u8>) {
     let body = Bytes::copy_from_slice(body);
+    if let Err(e) = only_bound_app(bound_app, &body) {
+        let mut v = json!({"error": e.code, "message": e.message});
+        if let Some(field) = e.field {
+            v["field"] = Value::String(field);
+        }
+        return (e.status, v.to_string().into_bytes());
+    }
     ACTOR
         .scope(
             caller.id.clone(),
             self_service_inner(state, caller, method, token_id, query, body),
         )
         .await
+}
+
+/// A session opened for one app gives tokens for that app only.
+fn only_bound_app(bound: Option<&str>, body: &[u8]) -> ApiResult<()> {
+    let Some(bound) = bound else {
+        return Ok(());
+    };
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
+        return Ok(());
+    };
+    match fields.get("apps").and_then(Value::as_array) {
+        Some(apps) if apps.iter().any(|a| a.as_str() != Some(bound)) => Err(ApiError::invalid(
+            "apps",
+            format!(
+                "apps: this session was opened for app {bound:?}, and manages tokens for it only"
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 async fn self_service_inner(

@@ -222,40 +222,77 @@ impl AdminService {
     }
 }
 
-/// The admin listener over TLS: each accepted connection's handshake, then axum serves it.
-/// Handshakes run one at a time (bounded by `HANDSHAKE`): the admin API is not a busy door.
+/// The admin listener over TLS. Connections are accepted in a task of their own and each
+/// handshake runs in its own task (at most `HANDSHAKES` at once, each bounded by `HANDSHAKE`),
+/// so a client that never finishes one can't hold the probes and `/metrics` up.
 struct TlsListener {
-    tcp: tokio::net::TcpListener,
-    acceptor: pingora::tls::TlsAcceptor,
+    ready: tokio::sync::mpsc::Receiver<(TlsIo, std::net::SocketAddr)>,
+    addr: std::net::SocketAddr,
 }
 
+type TlsIo = pingora::tls::ServerTlsStream<tokio::net::TcpStream>;
+
 const HANDSHAKE: std::time::Duration = std::time::Duration::from_secs(5);
+const HANDSHAKES: usize = 64;
+
+impl TlsListener {
+    fn spawn(
+        tcp: tokio::net::TcpListener,
+        acceptor: pingora::tls::TlsAcceptor,
+    ) -> std::io::Result<Self> {
+        let addr = tcp.local_addr()?;
+        let (tx, ready) = tokio::sync::mpsc::channel(HANDSHAKES);
+        let permits = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES));
+        tokio::spawn(async move {
+            loop {
+                let (stream, peer) = match tcp.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait a moment rather than spin.
+                        tracing::warn!(error = %e, "admin listener: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
+                let (acceptor, ready) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let _permit = permit;
+                    match tokio::time::timeout(HANDSHAKE, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = ready.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "admin listener: TLS handshake failed")
+                        }
+                        Err(_) => tracing::debug!("admin listener: TLS handshake timed out"),
+                    }
+                });
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+        Ok(Self { ready, addr })
+    }
+}
 
 impl axum::serve::Listener for TlsListener {
-    type Io = pingora::tls::ServerTlsStream<tokio::net::TcpStream>;
+    type Io = TlsIo;
     type Addr = std::net::SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let (stream, addr) = match self.tcp.accept().await {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of descriptors and the like: wait a moment rather than spin.
-                    tracing::warn!(error = %e, "admin listener: accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            match tokio::time::timeout(HANDSHAKE, self.acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => return (tls, addr),
-                Ok(Err(e)) => tracing::debug!(error = %e, "admin listener: TLS handshake failed"),
-                Err(_) => tracing::debug!("admin listener: TLS handshake timed out"),
-            }
+        match self.ready.recv().await {
+            Some(ready) => ready,
+            // The accepting task is gone: nothing will ever come.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.tcp.local_addr()
+        Ok(self.addr)
     }
 }
 
@@ -302,11 +339,11 @@ impl BackgroundService for AdminService {
                 let config = pingora::tls::ServerConfig::builder()
                     .with_no_client_auth()
                     .with_cert_resolver(cert.clone());
-                let tls = TlsListener {
-                    tcp: listener,
-                    acceptor: pingora::tls::TlsAcceptor::from(Arc::new(config)),
-                };
-                axum::serve(tls, app).with_graceful_shutdown(stopped).await
+                let acceptor = pingora::tls::TlsAcceptor::from(Arc::new(config));
+                match TlsListener::spawn(listener, acceptor) {
+                    Ok(tls) => axum::serve(tls, app).with_graceful_shutdown(stopped).await,
+                    Err(e) => Err(e),
+                }
             }
         };
         if let Err(e) = served {

@@ -517,9 +517,15 @@ impl Endpoints {
                        "request_id": req.request_id}),
             );
         }
+        // A session opened for one app manages tokens for that app only.
+        let bound_app = match &identity.credential {
+            crate::model::Verified::Session(s) => s.app.as_deref(),
+            _ => None,
+        };
         let (status, body) = crate::admin::self_service(
             self.admin.clone(),
             &identity.user,
+            bound_app,
             req.method,
             token_id,
             req.query,
@@ -549,19 +555,39 @@ impl Endpoints {
     /// or, for Envoy's HTTP `ext_authz`, this request's own method and the path under
     /// `/_auth/check`. The credential is read from this request's headers and cookies and the
     /// original query. 200 with the identity headers, or the refusal of §4.
-    async fn check(&self, req: &Request<'_>) -> Response {
+    async fn check<'a>(&self, req: &'a Request<'a>) -> Response {
         let header = |name: &str| req.headers.get(name).and_then(|v| v.to_str().ok());
         let under = req
             .path
             .strip_prefix(self.prefix.as_str())
             .and_then(|r| r.strip_prefix("/check"))
             .unwrap_or("");
-        let forwarded_uri = header("x-original-uri").or_else(|| header("x-forwarded-uri"));
+        // A gateway sets its own family of headers, and may pass the client's others on
+        // (Traefik and Caddy forward every client header): where two say different things, a
+        // client wrote one of them, and nothing is decided.
+        let agreed = |a: Option<&'a str>, b: Option<&'a str>| match (a, b) {
+            (Some(x), Some(y)) if x != y => Err(()),
+            (x, y) => Ok(x.or(y)),
+        };
+        let (Ok(forwarded_uri), Ok(forwarded_method)) = (
+            agreed(header("x-original-uri"), header("x-forwarded-uri")),
+            agreed(header("x-original-method"), header("x-forwarded-method")),
+        ) else {
+            return invalid(
+                req.request_id,
+                "x-original-uri",
+                "the forwarding headers disagree on the original request",
+            );
+        };
+        if forwarded_uri.is_some() && under.starts_with('/') {
+            return invalid(
+                req.request_id,
+                "x-original-uri",
+                "both a forwarded URI and a path under /_auth/check: send one",
+            );
+        }
         let (uri, method): (Cow<'_, str>, Option<&str>) = match forwarded_uri {
-            Some(uri) => (
-                Cow::Borrowed(uri),
-                header("x-original-method").or_else(|| header("x-forwarded-method")),
-            ),
+            Some(uri) => (Cow::Borrowed(uri), forwarded_method),
             None if under.starts_with('/') => (
                 match req.query {
                     Some(q) => Cow::Owned(format!("{under}?{q}")),
@@ -609,9 +635,10 @@ impl Endpoints {
         match self.engine.decide(parts).await {
             Ok(admission) => {
                 let mut r = Response::json(StatusCode::OK, json!({"allowed": true}));
-                if let Some(identity) = &admission.identity {
-                    self.identity.set(&mut r.identity, identity);
-                }
+                // Every identity header, empty where there is no value: a gateway that copies
+                // them (Envoy, Traefik, Caddy) overwrites whatever the client sent under them.
+                self.identity
+                    .set_all(&mut r.identity, admission.identity.as_ref());
                 r
             }
             Err(d) => {
