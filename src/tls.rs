@@ -111,5 +111,10 @@ fn load(cert: &str, key: &str) -> Result<Arc<CertifiedKey>, String> {
         .key_provider
         .load_private_key(key_der)
         .map_err(|e| format!("{key}: {e}"))?;
-    Ok(Arc::new(CertifiedKey::new(certs, signing)))
+    let pair = CertifiedKey::new(certs, signing);
+    // A certificate and key written one after the other can meet half-renewed: a key that
+    // isn't the certificate's is refused here, and the previous pair kept.
+    pair.keys_match()
+        .map_err(|e| format!("{cert} / {key}: the key is not the certificate's ({e})"))?;
+    Ok(Arc::new(pair))
 }

@@ -237,6 +237,18 @@ async fn the_proxy_serves_https_and_picks_up_a_renewed_certificate() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // A key that isn't the certificate's.
+    make_cert(&dir, "other.crt", "other.key", "other");
+    std::fs::copy(dir.join("other.key"), dir.join("tls.key")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
+        .args(["check-config", "-c"])
+        .arg(tg.config_path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("not the certificate's"), "{said}");
     std::fs::write(dir.join("tls.key"), "not a key").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .args(["check-config", "-c"])
