@@ -379,7 +379,8 @@ impl Cache {
         ]
     }
 
-    /// Whether a user token's record (or its absence) is cached: no store read, no write.
+    /// Whether a user token's record (or its absence) is cached: no store read, and (moka's
+    /// `contains_key`) not counted as a read of the entry.
     pub fn holds_user_token(&self, id: &str) -> bool {
         self.user_tokens.entries.contains_key(id)
     }

@@ -270,10 +270,10 @@ impl Engine {
     /// at most twice that many reads per client a minute. What the cache holds still passes (a
     /// shared address isn't locked out by one guesser); a session's signature is checked before
     /// its record is read, so it needs no guard.
+    ///
+    /// The cache is asked first, without counting as a read: a hit (most requests) never
+    /// touches the limiter's table, whose lookups do count.
     fn held_off(&self, client: Option<IpAddr>, kind: CredentialKind, presented: &str) -> bool {
-        if !self.failures.is_blocked(client) {
-            return false;
-        }
         let held = match kind {
             CredentialKind::UserToken => format::parse(TokenKind::UserToken, presented)
                 .is_some_and(|(id, _)| self.cache.holds_user_token(id)),
@@ -281,7 +281,7 @@ impl Engine {
                 .is_some_and(|(id, _)| self.cache.holds_ticket(id)),
             CredentialKind::Session => true,
         };
-        !held && !self.failures.spend_lookup(client)
+        !held && self.failures.is_blocked(client) && !self.failures.spend_lookup(client)
     }
 
     /// Every credential on the request (headers, query, cookie, XML body).
