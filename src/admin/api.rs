@@ -1222,49 +1222,30 @@ pub(crate) async fn self_service(
     body: &[u8],
 ) -> (StatusCode, Vec<u8>) {
     let body = Bytes::copy_from_slice(body);
-    if let Err(e) = only_bound_app(bound_app, &body) {
-        let mut v = json!({"error": e.code, "message": e.message});
-        if let Some(field) = e.field {
-            v["field"] = Value::String(field);
-        }
-        return (e.status, v.to_string().into_bytes());
-    }
     ACTOR
         .scope(
             caller.id.clone(),
-            self_service_inner(state, caller, method, token_id, query, body),
+            self_service_inner(state, caller, bound_app, method, token_id, query, body),
         )
         .await
-}
-
-/// A session opened for one app gives tokens for that app only.
-fn only_bound_app(bound: Option<&str>, body: &[u8]) -> ApiResult<()> {
-    let Some(bound) = bound else {
-        return Ok(());
-    };
-    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
-        return Ok(());
-    };
-    match fields.get("apps").and_then(Value::as_array) {
-        Some(apps) if apps.iter().any(|a| a.as_str() != Some(bound)) => Err(ApiError::invalid(
-            "apps",
-            format!(
-                "apps: this session was opened for app {bound:?}, and manages tokens for it only"
-            ),
-        )),
-        _ => Ok(()),
-    }
 }
 
 async fn self_service_inner(
     state: Arc<AdminState>,
     caller: &User,
+    bound_app: Option<&str>,
     method: &axum::http::Method,
     token_id: Option<String>,
     query: Option<&str>,
     body: Bytes,
 ) -> (StatusCode, Vec<u8>) {
     use axum::http::Method;
+    let creating = *method == Method::POST;
+    if (creating || *method == Method::PATCH)
+        && let Err(e) = within_reach(caller, bound_app, &body, creating)
+    {
+        return into_parts(e.into_response()).await;
+    }
     let response = match (method, token_id) {
         (&Method::GET, None) => match serde_urlencoded::from_str::<Page>(query.unwrap_or("")) {
             Ok(page) => {
@@ -1279,12 +1260,9 @@ async fn self_service_inner(
             }
             Err(e) => ApiError::invalid("query", format!("query: {e}")).into_response(),
         },
-        (&Method::POST, None) => match own_narrowing(caller, &body) {
-            Ok(()) => create_token(State(state), Path(caller.id.clone()), Ok(body))
-                .await
-                .into_response(),
-            Err(e) => e.into_response(),
-        },
+        (&Method::POST, None) => create_token(State(state), Path(caller.id.clone()), Ok(body))
+            .await
+            .into_response(),
         (&Method::GET | &Method::PATCH | &Method::DELETE, Some(id)) => {
             match state.store.user_token(&id).await {
                 Ok(Some(t)) if t.user_id == caller.id => match *method {
@@ -1306,6 +1284,10 @@ async fn self_service_inner(
         )
         .into_response(),
     };
+    into_parts(response).await
+}
+
+async fn into_parts(response: Response) -> (StatusCode, Vec<u8>) {
     let status = response.status();
     let body = axum::body::to_bytes(response.into_body(), 1 << 20)
         .await
@@ -1314,12 +1296,32 @@ async fn self_service_inner(
     (status, body)
 }
 
-/// A self-service token may carry a department or user type only if it is the caller's own.
-fn own_narrowing(caller: &User, body: &[u8]) -> ApiResult<()> {
-    // A body that isn't a JSON object is left to the handler's own error.
+/// What a signed-in user may put in a token of their own, read from the body once: for a
+/// session opened for one app, that app only; on creation, no department or user type but
+/// their own (those would widen what routes allow). A body that isn't a JSON object is left to
+/// the handler's own error.
+fn within_reach(
+    caller: &User,
+    bound_app: Option<&str>,
+    body: &[u8],
+    creating: bool,
+) -> ApiResult<()> {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(body) else {
         return Ok(());
     };
+    if let (Some(bound), Some(apps)) = (bound_app, fields.get("apps").and_then(Value::as_array))
+        && apps.iter().any(|a| a.as_str() != Some(bound))
+    {
+        return Err(ApiError::invalid(
+            "apps",
+            format!(
+                "apps: this session was opened for app {bound:?}, and manages tokens for it only"
+            ),
+        ));
+    }
+    if !creating {
+        return Ok(());
+    }
     for (field, own) in [
         ("department", &caller.department),
         ("user_type", &caller.user_type),
