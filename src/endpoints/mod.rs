@@ -454,16 +454,28 @@ impl Endpoints {
         }
     }
 
-    async fn whoami(&self, req: &Request<'_>) -> Response {
+    /// Who the request's credential stands for, with no route and no app; a refusal as §4's.
+    async fn caller(
+        &self,
+        req: &Request<'_>,
+        xml: Option<&XmlBody>,
+    ) -> Result<crate::model::Identity, Response> {
         let parts = RequestParts {
             method: req.method,
             path: "",
             query: req.query,
             headers: req.headers,
-            xml: req.xml,
+            xml,
             client: req.client,
         };
-        match self.engine.identify(parts).await {
+        self.engine
+            .identify(parts)
+            .await
+            .map_err(|d| Response::error(d.error, req.request_id, None))
+    }
+
+    async fn whoami(&self, req: &Request<'_>) -> Response {
+        match self.caller(req, req.xml).await {
             Ok(id) => Response::json(
                 StatusCode::OK,
                 json!({
@@ -473,7 +485,7 @@ impl Endpoints {
                     "tenant": id.tenant(), "expires_at": id.expires_at(),
                 }),
             ),
-            Err(d) => Response::error(d.error, req.request_id, None),
+            Err(refused) => refused,
         }
     }
 
@@ -492,17 +504,9 @@ impl Endpoints {
                 _ => return Response::error(AuthError::NoRoute, req.request_id, None),
             },
         };
-        let parts = RequestParts {
-            method: req.method,
-            path: "",
-            query: req.query,
-            headers: req.headers,
-            xml: None,
-            client: req.client,
-        };
-        let identity = match self.engine.identify(parts).await {
+        let identity = match self.caller(req, None).await {
             Ok(id) => id,
-            Err(d) => return Response::error(d.error, req.request_id, None),
+            Err(refused) => return refused,
         };
         if identity.method() == crate::model::CredentialKind::UserToken {
             return Response::error(AuthError::CredentialNotAllowed, req.request_id, None);
