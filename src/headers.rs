@@ -175,6 +175,30 @@ pub fn strip_query_credentials(req: &mut impl RequestEdit, sources: Sources, que
     }
 }
 
+/// A request as `http` (and so tower and axum) holds it.
+impl RequestEdit for http::request::Parts {
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn remove_header(&mut self, name: &HeaderName) {
+        self.headers.remove(name);
+    }
+    fn insert_header(&mut self, name: HeaderName, value: HeaderValue) {
+        self.headers.insert(name, value);
+    }
+    fn set_query(&mut self, query: Option<&str>) {
+        let path_and_query = match query {
+            Some(q) => format!("{}?{q}", self.uri.path()),
+            None => self.uri.path().to_owned(),
+        };
+        let mut uri = self.uri.clone().into_parts();
+        uri.path_and_query = path_and_query.parse().ok();
+        if let Ok(uri) = http::Uri::from_parts(uri) {
+            self.uri = uri;
+        }
+    }
+}
+
 impl RequestEdit for HeaderMap {
     fn headers(&self) -> &HeaderMap {
         self

@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Request, Response, Uri};
+use http::{HeaderValue, Request, Response};
 use tower_layer::Layer;
 use tower_service::Service;
 
@@ -95,15 +95,16 @@ where
                 Ok(a) => a,
                 Err(denial) => return Ok(refusal(denial.error, &request_id)),
             };
-            identity.strip_forged(&mut parts.headers);
+            identity.strip_forged(&mut parts);
             if !admission.forward_credentials {
-                headers::strip_credentials(
-                    &mut parts.headers,
-                    admission.credentials,
-                    engine.names(),
-                );
+                headers::strip_credentials(&mut parts, admission.credentials, engine.names());
                 if admission.credentials.query {
-                    parts.uri = without_query_credentials(&parts.uri);
+                    let query = parts.uri.query().map(str::to_owned);
+                    headers::strip_query_credentials(
+                        &mut parts,
+                        admission.credentials,
+                        query.as_deref(),
+                    );
                 }
             }
             parts.headers.insert(REQUEST_ID, request_id);
@@ -114,17 +115,6 @@ where
             inner.call(Request::from_parts(parts, body)).await
         })
     }
-}
-
-fn without_query_credentials(uri: &Uri) -> Uri {
-    let query = uri.query().and_then(headers::query_without_credentials);
-    let path_and_query = match query {
-        Some(q) => format!("{}?{q}", uri.path()),
-        None => uri.path().to_owned(),
-    };
-    let mut parts = uri.clone().into_parts();
-    parts.path_and_query = path_and_query.parse().ok();
-    Uri::from_parts(parts).unwrap_or_else(|_| uri.clone())
 }
 
 /// §4's refusal: status, JSON body, `WWW-Authenticate` / `Retry-After` where they belong.
