@@ -217,21 +217,20 @@ pub fn run(
             config.trusted_proxies.clone(),
         ),
     );
-    let cert = match &config.tls {
-        Some((cert, key)) => Some(Arc::new(
-            crate::tls::ReloadingCert::new(cert, key).map_err(StartError::Other)?,
-        )),
-        None => None,
-    };
-    match (&config.tls, &cert) {
-        (Some((cert_path, key_path)), Some(resolver)) => {
+    let mut cert = None;
+    match &config.tls {
+        Some((cert_path, key_path)) => {
+            let resolver = Arc::new(
+                crate::tls::ReloadingCert::new(cert_path, key_path).map_err(StartError::Other)?,
+            );
             let mut settings =
                 pingora::listeners::tls::TlsSettings::intermediate(cert_path, key_path)
                     .map_err(|e| StartError::Other(e.to_string()))?;
             settings.set_cert_resolver(resolver.clone());
             proxy.add_tls_with_settings(&config.listen, None, settings);
+            cert = Some(resolver);
         }
-        _ => proxy.add_tcp(&config.listen),
+        None => proxy.add_tcp(&config.listen),
     }
     server.add_service(proxy);
 
