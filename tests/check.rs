@@ -22,12 +22,7 @@ fn check(backend: &Backend) {
                     "apps": ["bq1"], "password": "a long enough password"}),
         ),
     );
-    let r = tg.admin(
-        "POST",
-        "/v1/users/al/tokens",
-        Some(json!({"name": "t", "apps": ["bq1"]})),
-    );
-    let secret = r.json()["token"].as_str().unwrap().to_owned();
+    let (secret, _) = tg.user_token("al", &["bq1"]);
     let auth = format!("QB-USER-TOKEN {secret}");
     let ask = |path: &str, headers: &[(&str, &str)]| http(tg.port, "GET", path, headers, None);
 

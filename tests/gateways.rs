@@ -120,13 +120,7 @@ fn seed(tg: &Tokengate) -> String {
         ),
     );
     tg.admin("PATCH", "/v1/apps/bq1", Some(json!({"tenant": "acme"})));
-    let r = tg.admin(
-        "POST",
-        "/v1/users/al/tokens",
-        Some(json!({"name": "t", "apps": ["bq1"]})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    r.json()["token"].as_str().unwrap().to_owned()
+    tg.user_token("al", &["bq1"]).0
 }
 
 /// Through `gateway`: allowed with identity, forged identity gone, denied never forwarded.

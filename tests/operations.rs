@@ -70,15 +70,7 @@ fn metrics_cover_the_dashboard_and_alerts_and_hold_nothing_personal() {
         ),
     );
     assert_eq!(r.status, 201);
-    let r = tg.admin(
-        "POST",
-        "/v1/users/alice/tokens",
-        Some(json!({"name": "t", "apps": ["bq1"]})),
-    );
-    let (secret, token_id) = (
-        r.json()["token"].as_str().unwrap().to_owned(),
-        r.json()["id"].as_str().unwrap().to_owned(),
-    );
+    let (secret, token_id) = tg.user_token("alice", &["bq1"]);
     let auth = format!("QB-USER-TOKEN {secret}");
     // Allowed, denied every way, a sign-in, a revocation.
     assert_eq!(tg.get("/db/bq1", &[("authorization", &auth)]).status, 200);

@@ -46,17 +46,7 @@ fn seed(tg: &Tokengate) {
 
 /// A new user token of `al` for both apps: (secret, id).
 fn token(tg: &Tokengate) -> (String, String) {
-    let r = tg.admin(
-        "POST",
-        "/v1/users/al/tokens",
-        Some(json!({"name": "t", "apps": ["bq1", "bq2"]})),
-    );
-    assert_eq!(r.status, 201, "{}", r.text());
-    let v = r.json();
-    (
-        v["token"].as_str().unwrap().to_owned(),
-        v["id"].as_str().unwrap().to_owned(),
-    )
+    tg.user_token("al", &["bq1", "bq2"])
 }
 
 fn session(tg: &Tokengate) -> (String, String) {

@@ -141,16 +141,7 @@ async fn the_proxy_serves_https_and_picks_up_a_renewed_certificate() {
         "/v1/users",
         Some(json!({"id": "al", "email": "al@x.com", "name": "Al", "apps": ["bq1"]})),
     );
-    let secret = tg
-        .admin(
-            "POST",
-            "/v1/users/al/tokens",
-            Some(json!({"name": "t", "apps": ["bq1"]})),
-        )
-        .json()["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let (secret, _) = tg.user_token("al", &["bq1"]);
 
     // A client that trusts the CA gets through over HTTPS.
     let ca = reqwest::Certificate::from_pem(&std::fs::read(dir.join("ca.crt")).unwrap()).unwrap();

@@ -833,6 +833,22 @@ impl Tokengate {
         self.admin_raw(method, path, Some(ADMIN_KEY), body.as_deref())
     }
 
+    /// A new user token (named `t`) of `user` for `apps`, through the admin API:
+    /// (secret, id).
+    pub fn user_token(&self, user: &str, apps: &[&str]) -> (String, String) {
+        let r = self.admin(
+            "POST",
+            &format!("/v1/users/{user}/tokens"),
+            Some(serde_json::json!({"name": "t", "apps": apps})),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        let v = r.json();
+        (
+            v["token"].as_str().unwrap().to_owned(),
+            v["id"].as_str().unwrap().to_owned(),
+        )
+    }
+
     pub fn get(&self, target: &str, headers: &[(&str, &str)]) -> Response {
         http(self.port, "GET", target, headers, None)
     }
