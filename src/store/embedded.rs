@@ -48,6 +48,30 @@ fn backend_error(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl EmbeddedStore {
+    /// A record of a user's (a ticket, a session): refused when there is no such user.
+    async fn insert_for_user(
+        &self,
+        records: Records,
+        index: Index,
+        user_id: &str,
+        id: &str,
+        bytes: Vec<u8>,
+    ) -> StoreResult<()> {
+        let (user_id, id) = (user_id.to_owned(), id.to_owned());
+        self.write(move |txn| {
+            let users = txn.open_table(USERS).map_err(backend_error)?;
+            if users
+                .get(user_id.as_str())
+                .map_err(backend_error)?
+                .is_none()
+            {
+                return Err(StoreError::NotFound);
+            }
+            insert_owned(txn, records, index, &user_id, &id, &bytes, None)
+        })
+        .await
+    }
+
     /// Opens (or creates) the store file, creating its parent directory if needed.
     pub fn open(path: &Path) -> StoreResult<Self> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -503,19 +527,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn insert_ticket(&self, ticket: &Ticket) -> StoreResult<()> {
-        let bytes = encode(ticket)?;
-        let (id, user_id) = (ticket.id.clone(), ticket.user_id.clone());
-        self.write(move |txn| {
-            let users = txn.open_table(USERS).map_err(backend_error)?;
-            if users
-                .get(user_id.as_str())
-                .map_err(backend_error)?
-                .is_none()
-            {
-                return Err(StoreError::NotFound);
-            }
-            insert_owned(txn, TICKETS, TICKETS_BY_USER, &user_id, &id, &bytes, None)
-        })
+        self.insert_for_user(
+            TICKETS,
+            TICKETS_BY_USER,
+            &ticket.user_id,
+            &ticket.id,
+            encode(ticket)?,
+        )
         .await
     }
 
@@ -540,19 +558,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn insert_session(&self, session: &Session) -> StoreResult<()> {
-        let bytes = encode(session)?;
-        let (id, user_id) = (session.id.clone(), session.user_id.clone());
-        self.write(move |txn| {
-            let users = txn.open_table(USERS).map_err(backend_error)?;
-            if users
-                .get(user_id.as_str())
-                .map_err(backend_error)?
-                .is_none()
-            {
-                return Err(StoreError::NotFound);
-            }
-            insert_owned(txn, SESSIONS, SESSIONS_BY_USER, &user_id, &id, &bytes, None)
-        })
+        self.insert_for_user(
+            SESSIONS,
+            SESSIONS_BY_USER,
+            &session.user_id,
+            &session.id,
+            encode(session)?,
+        )
         .await
     }
 
