@@ -274,6 +274,11 @@ impl Engine {
     /// The cache is asked first, without counting as a read: a hit (most requests) never
     /// touches the limiter's table, whose lookups do count.
     fn held_off(&self, client: Option<IpAddr>, kind: CredentialKind, presented: &str) -> bool {
+        // The usual case, nobody blocked, costs one atomic load; only then is the cache
+        // asked, and the limiter's own table only for credentials the cache doesn't hold.
+        if !self.failures.anyone_blocked() {
+            return false;
+        }
         let held = match kind {
             CredentialKind::UserToken => format::parse(TokenKind::UserToken, presented)
                 .is_some_and(|(id, _)| self.cache.holds_user_token(id)),

@@ -7,8 +7,11 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a count lives: a client's minute.
+const WINDOW: Duration = Duration::from_secs(60);
 
 pub struct FailureLimiter {
     per_minute: u32,
@@ -16,6 +19,11 @@ pub struct FailureLimiter {
     counts: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
     /// Store lookups a blocked client has made in its current minute.
     lookups: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
+    /// When a client last went past its limit, in whole seconds since `started`, plus one
+    /// (0: never). Lets a request find out that nobody is blocked with one atomic load
+    /// instead of a lookup (which moka counts as a read, a shared write).
+    last_block: AtomicU64,
+    started: Instant,
 }
 
 impl FailureLimiter {
@@ -24,13 +32,25 @@ impl FailureLimiter {
         let per_client = || {
             moka::sync::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(60))
+                .time_to_live(WINDOW)
                 .build()
         };
         Self {
             per_minute,
             counts: per_client(),
             lookups: per_client(),
+            last_block: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    /// Whether any client may be blocked now: false when none went past its limit within
+    /// the last minute (a count lives a minute from the client's first failure, so a block
+    /// never outlives the minute after it began).
+    pub fn anyone_blocked(&self) -> bool {
+        match self.last_block.load(Ordering::Relaxed) {
+            0 => false,
+            at => self.started.elapsed().as_secs() < at + WINDOW.as_secs(),
         }
     }
 
@@ -62,7 +82,13 @@ impl FailureLimiter {
             return false;
         };
         let count = self.counts.get_with(ip, || Arc::new(AtomicU32::new(0)));
-        count.fetch_add(1, Ordering::Relaxed) + 1 > self.per_minute
+        let failures = count.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= self.per_minute {
+            // From this failure on, is_blocked is true for the client.
+            let now = self.started.elapsed().as_secs() + 1;
+            self.last_block.fetch_max(now, Ordering::Relaxed);
+        }
+        failures > self.per_minute
     }
 }
 
@@ -94,8 +120,10 @@ mod tests {
         );
         assert!(!l.record(a));
         assert!(!l.is_blocked(a));
+        assert!(!l.anyone_blocked(), "nobody has reached the limit yet");
         assert!(!l.record(a));
         assert!(l.is_blocked(a));
+        assert!(l.anyone_blocked());
         assert!(l.record(a));
         assert!(!l.is_blocked(b));
         assert!(!FailureLimiter::new(0).record(a));
