@@ -63,12 +63,12 @@ impl IdentityHeaders {
 
     /// Removes every header that carries the identity prefix, whatever the client sent.
     pub fn strip_forged(&self, req: &mut impl RequestEdit) {
-        let forged: Vec<HeaderName> = req
-            .headers()
-            .keys()
-            .filter(|k| k.as_str().starts_with(&self.prefix))
-            .cloned()
-            .collect();
+        let forged = |k: &&HeaderName| k.as_str().starts_with(&self.prefix);
+        // Nearly every request has none: then nothing is collected (and nothing allocated).
+        if !req.headers().keys().any(|k| forged(&k)) {
+            return;
+        }
+        let forged: Vec<HeaderName> = req.headers().keys().filter(forged).cloned().collect();
         for name in &forged {
             req.remove_header(name);
         }
@@ -100,6 +100,10 @@ impl IdentityHeaders {
     /// Sets the identity headers (call [`Self::strip_forged`] first).
     pub fn set(&self, req: &mut impl RequestEdit, identity: &Identity) {
         let user = &identity.user;
+        req.insert_header(
+            self.method.clone(),
+            HeaderValue::from_static(identity.method().as_str()),
+        );
         let mut put = |name: &HeaderName, value: Option<&str>| {
             // A value that can't be a header (a control character) is left out, never mangled.
             if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
@@ -109,7 +113,6 @@ impl IdentityHeaders {
         put(&self.user_id, Some(&user.id));
         put(&self.user_email, Some(&user.email));
         put(&self.user_name, Some(&user.name));
-        put(&self.method, Some(identity.method().as_str()));
         put(&self.credential_id, Some(identity.credential_id()));
         put(&self.app_id, identity.app_id());
         put(&self.department, identity.department());
@@ -128,7 +131,7 @@ pub fn strip_credentials(req: &mut impl RequestEdit, sources: Sources, names: &C
         req.remove_header(&http::header::AUTHORIZATION);
     }
     if sources.app_token_header {
-        req.remove_header(&HeaderName::from_static(credential::QB_APP_TOKEN));
+        req.remove_header(&credential::QB_APP_TOKEN_HEADER);
     }
     if sources.cookie {
         let kept: Vec<String> = req

@@ -7,7 +7,7 @@ pub mod xml;
 
 use std::borrow::Cow;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use http::header::{AUTHORIZATION, COOKIE};
 use percent_encoding::percent_decode_str;
 
@@ -121,6 +121,8 @@ impl Default for CredentialNames {
 }
 
 pub const QB_APP_TOKEN: &str = "qb-app-token";
+/// The same, as a header name made once (a `&str` name is parsed at every lookup).
+pub const QB_APP_TOKEN_HEADER: HeaderName = HeaderName::from_static(QB_APP_TOKEN);
 /// Query parameters that carry credentials, with their slots.
 pub const QUERY_PARAMS: [(&str, Slot); 3] = [
     ("usertoken", Slot::UserToken),
@@ -161,7 +163,7 @@ pub fn extract<'a>(
             }
         }
     }
-    for value in headers.get_all(QB_APP_TOKEN) {
+    for value in headers.get_all(&QB_APP_TOKEN_HEADER) {
         let Ok(value) = value.to_str() else { continue };
         found.offer(Slot::AppToken, Cow::Borrowed(value.trim()))?;
         found.sources.app_token_header = true;

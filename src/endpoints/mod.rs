@@ -6,7 +6,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, HeaderName, Method, StatusCode};
 use serde_json::json;
 
 use crate::admin::AdminState;
@@ -114,11 +114,14 @@ impl Response {
     }
 }
 
+/// Quickbase's action header, named once (a `&str` name is parsed at every lookup).
+const QB_ACTION: HeaderName = HeaderName::from_static("quickbase-action");
+
 /// Whether the request names its Quickbase action at most once: one `QUICKBASE-ACTION`
 /// header, one `a=`, and the two alike when both are given. Otherwise the action a route
 /// matched on might not be the one the upstream acts on.
 pub fn action_is_unambiguous(query: Option<&str>, headers: &HeaderMap) -> bool {
-    let mut header = headers.get_all("quickbase-action").iter();
+    let mut header = headers.get_all(&QB_ACTION).iter();
     let first = header.next();
     if header.next().is_some() {
         return false;
@@ -146,7 +149,7 @@ pub fn action_is_unambiguous(query: Option<&str>, headers: &HeaderMap) -> bool {
 /// The Quickbase action a request names: `?a=API_…` or the `QUICKBASE-ACTION` header.
 pub fn qb_action<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<Cow<'a, str>> {
     if let Some(v) = headers
-        .get("quickbase-action")
+        .get(&QB_ACTION)
         .and_then(|v| v.to_str().ok())
     {
         return Some(Cow::Borrowed(v.trim()));

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -25,7 +25,7 @@ use crate::credential::xml::{self, XmlBody};
 use crate::endpoints::{self, Endpoints};
 use crate::engine::{Admission, Engine, RequestParts};
 use crate::error::AuthError;
-use crate::headers::{self, IdentityHeaders, REQUEST_ID, RequestEdit};
+use crate::headers::{self, IdentityHeaders, REQUEST_ID};
 
 /// Where admitted requests go.
 #[derive(Clone, Debug)]
@@ -115,6 +115,10 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     new_request_id()
 }
 
+/// Headers tokengate may add on the way upstream: the identity headers, the assertion,
+/// `Content-Length` and `X-Request-Id`.
+const UPSTREAM_HEADERS: usize = 16;
+
 /// A process-unique id: a random process prefix and a counter.
 pub fn new_request_id() -> HeaderValue {
     static PREFIX: OnceLock<u64> = OnceLock::new();
@@ -125,8 +129,20 @@ pub fn new_request_id() -> HeaderValue {
         u64::from_le_bytes(b)
     });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let id = format!("{prefix:016x}{n:08x}");
-    HeaderValue::from_str(&id).unwrap_or(HeaderValue::from_static("0"))
+    // `{prefix:016x}{n:08x}`, written without the formatting machinery (once per request).
+    let mut id = [0u8; 24];
+    hex_into(&mut id[..16], prefix);
+    hex_into(&mut id[16..], n);
+    HeaderValue::from_bytes(&id).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// The low `out.len()` hex digits of `n`, lowercase, most significant first.
+fn hex_into(out: &mut [u8], mut n: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for b in out.iter_mut().rev() {
+        *b = DIGITS[(n & 15) as usize];
+        n >>= 4;
+    }
 }
 
 /// Writes an answer of tokengate's own, keeping the connection open where that is safe.
@@ -218,31 +234,6 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, AuthErr
             }
             Ok(None) => return Ok(body.freeze()),
             Err(_) => return Err(AuthError::MalformedBody),
-        }
-    }
-}
-
-impl RequestEdit for RequestHeader {
-    fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-
-    fn remove_header(&mut self, name: &HeaderName) {
-        RequestHeader::remove_header(self, name);
-    }
-
-    fn insert_header(&mut self, name: HeaderName, value: HeaderValue) {
-        let _ = RequestHeader::insert_header(self, name, value);
-    }
-
-    fn set_query(&mut self, query: Option<&str>) {
-        let path = self.uri.path();
-        let pq = match query {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
-        };
-        if let Ok(uri) = http::Uri::builder().path_and_query(pq).build() {
-            self.set_uri(uri);
         }
     }
 }
@@ -411,26 +402,39 @@ impl ProxyHttp for Proxy {
         upstream: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> pingora::Result<()> {
-        self.identity.strip_forged(upstream);
+        // The edits are made on plain `http` parts, with room for the headers to come
+        // reserved once. Through `RequestHeader`, each insert also went into a second map
+        // that keeps the client's header case, with a copy of the name, and both maps grew
+        // twice on the way: that was most of what authentication added per request. So the
+        // upstream gets header names in their canonical case (HTTP/1.1 names are
+        // case-insensitive); the request-target is unchanged, as only plain paths get here.
+        let placeholder = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0))?;
+        let mut parts = http::request::Parts::from(std::mem::replace(upstream, placeholder));
+        parts.headers.reserve(UPSTREAM_HEADERS);
+        self.identity.strip_forged(&mut parts);
         if let Some(admission) = &ctx.admission {
             if !admission.forward_credentials {
-                headers::strip_credentials(upstream, admission.credentials, self.engine.names());
+                headers::strip_credentials(&mut parts, admission.credentials, self.engine.names());
                 let query = session.req_header().uri.query();
-                headers::strip_query_credentials(upstream, admission.credentials, query);
+                headers::strip_query_credentials(&mut parts, admission.credentials, query);
             }
             if let Some(identity) = &admission.identity {
-                self.identity.set(upstream, identity);
+                self.identity.set(&mut parts, identity);
             }
             if let Some(assertion) = ctx.assertion.take() {
-                let _ = upstream.insert_header(self.identity.assertion().clone(), assertion);
+                parts
+                    .headers
+                    .insert(self.identity.assertion().clone(), assertion);
             }
         }
         if let Some(Some(replacement)) = &ctx.body_replacement {
-            upstream.remove_header(&http::header::TRANSFER_ENCODING);
-            let _ =
-                upstream.insert_header(http::header::CONTENT_LENGTH, replacement.len().to_string());
+            parts.headers.remove(http::header::TRANSFER_ENCODING);
+            parts
+                .headers
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(replacement.len()));
         }
-        let _ = upstream.insert_header(REQUEST_ID, ctx.request_id.clone());
+        parts.headers.insert(REQUEST_ID, ctx.request_id.clone());
+        *upstream = RequestHeader::from(parts);
         ctx.upstream_started = Some(Instant::now());
         Ok(())
     }
@@ -512,5 +516,36 @@ impl ProxyHttp for Proxy {
                 metrics.upstream_response(resp.status.as_u16());
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_24_hex_digits_and_differ() {
+        let (a, b) = (new_request_id(), new_request_id());
+        for id in [&a, &b] {
+            let s = id.to_str().unwrap_or_default();
+            assert_eq!(s.len(), 24, "{s}");
+            assert!(
+                s.bytes()
+                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase())
+            );
+        }
+        assert_ne!(a, b);
+        assert_eq!(
+            a.as_bytes()[..16],
+            b.as_bytes()[..16],
+            "one process, one prefix"
+        );
+    }
+
+    #[test]
+    fn hex_keeps_the_low_digits() {
+        let mut out = [0u8; 8];
+        hex_into(&mut out, 0x1_2345_abcd);
+        assert_eq!(&out, b"2345abcd");
     }
 }
