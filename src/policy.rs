@@ -320,7 +320,10 @@ mod tests {
     fn dot_segments_and_encoded_separators_are_not_plain() {
         assert!(is_plain_path("/db/bq1/records"));
         assert!(is_plain_path("/db/bq1.v2/x"));
-        assert!(is_plain_path("/100%"), "a bare percent sign encodes nothing");
+        assert!(
+            is_plain_path("/100%"),
+            "a bare percent sign encodes nothing"
+        );
         assert!(is_plain_path("/a%2"));
         assert!(is_plain_path("/a%20b%41"));
         for bad in [

@@ -7,8 +7,8 @@ pub mod xml;
 
 use std::borrow::Cow;
 
-use http::{HeaderMap, HeaderName};
 use http::header::{AUTHORIZATION, COOKIE};
+use http::{HeaderMap, HeaderName};
 use percent_encoding::percent_decode_str;
 
 pub use crate::model::CredentialKind;

@@ -148,10 +148,7 @@ pub fn action_is_unambiguous(query: Option<&str>, headers: &HeaderMap) -> bool {
 
 /// The Quickbase action a request names: `?a=API_…` or the `QUICKBASE-ACTION` header.
 pub fn qb_action<'a>(query: Option<&'a str>, headers: &'a HeaderMap) -> Option<Cow<'a, str>> {
-    if let Some(v) = headers
-        .get(&QB_ACTION)
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(v) = headers.get(&QB_ACTION).and_then(|v| v.to_str().ok()) {
         return Some(Cow::Borrowed(v.trim()));
     }
     query_param(query, "a").filter(|a| a.starts_with("API_"))

@@ -429,9 +429,10 @@ impl ProxyHttp for Proxy {
         }
         if let Some(Some(replacement)) = &ctx.body_replacement {
             parts.headers.remove(http::header::TRANSFER_ENCODING);
-            parts
-                .headers
-                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(replacement.len()));
+            parts.headers.insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from(replacement.len()),
+            );
         }
         parts.headers.insert(REQUEST_ID, ctx.request_id.clone());
         *upstream = RequestHeader::from(parts);
