@@ -143,14 +143,18 @@ pub fn run(
                 address: addr,
                 tls: false,
                 sni: String::new(),
+                ca: None,
                 connect_timeout: config.upstream_connect_timeout,
                 read_timeout: config.upstream_read_timeout,
             }
         }
+        // The SNI, and the name the certificate must carry, is the URL's host (an IP address
+        // in the URL is checked against the certificate's IP addresses).
         Upstream::Http { address, host, tls } => UpstreamTarget {
             address: resolve(address)?,
             tls: *tls,
             sni: host.clone(),
+            ca: config.upstream_ca.as_ref().map(|ca| ca.certs.clone()),
             connect_timeout: config.upstream_connect_timeout,
             read_timeout: config.upstream_read_timeout,
         },
@@ -284,9 +288,13 @@ fn banner(config: &Config, upstream: &UpstreamTarget) {
     let upstream = match config.upstream {
         Upstream::Echo => "echo (built in)".to_owned(),
         _ => format!(
-            "http{}://{}",
+            "http{}://{}{}",
             if upstream.tls { "s" } else { "" },
-            upstream.address
+            upstream.address,
+            match &config.upstream_ca {
+                Some(ca) => format!(" (CAs of {})", ca.path),
+                None => String::new(),
+            }
         ),
     };
     println!(

@@ -47,6 +47,9 @@ pub struct Upstream {
     pub url: String,
     pub connect_timeout: String,
     pub read_timeout: String,
+    /// PEM file of the CAs an `https://` upstream's certificate is verified against, instead
+    /// of the system's.
+    pub ca_file: Option<String>,
 }
 
 impl Default for Upstream {
@@ -55,6 +58,7 @@ impl Default for Upstream {
             url: "echo".into(),
             connect_timeout: "2s".into(),
             read_timeout: "60s".into(),
+            ca_file: None,
         }
     }
 }

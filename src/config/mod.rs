@@ -3,6 +3,7 @@
 //! Any key can be overridden from the environment as `TOKENGATE_<SECTION>__<KEY>`; the
 //! environment is passed in, so tests never touch the process's own.
 
+mod ca;
 mod file;
 
 use std::path::{Path, PathBuf};
@@ -14,6 +15,8 @@ use serde::de::DeserializeOwned;
 use crate::jwt::{Algorithm, SigningKey};
 use crate::policy::{AuthMode, KindSet, PathPattern, Route, Routes};
 use crate::verify::external::IssuerConfig;
+
+pub use ca::UpstreamCa;
 
 /// Where requests go once admitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +71,9 @@ pub struct Config {
     /// `server.log_level` (`RUST_LOG`, when set, wins).
     pub log_level: String,
     pub upstream: Upstream,
+    /// `upstream.ca_file`, read: what an `https://` upstream's certificate must chain to
+    /// (`None`: the system's roots).
+    pub upstream_ca: Option<UpstreamCa>,
     pub upstream_connect_timeout: Duration,
     pub upstream_read_timeout: Duration,
     /// The admin key from the file, `key_file` or the environment; `None`: made at first start.
@@ -102,6 +108,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("admin_listen", &self.admin_listen)
             .field("upstream", &self.upstream)
+            .field("upstream_ca", &self.upstream_ca)
             .field("admin_key", &self.admin_key.as_ref().map(|_| "<set>"))
             .field("session_keys", &self.session_keys.len())
             .field("routes", &self.routes.iter().count())
@@ -241,10 +248,20 @@ impl Config {
                 "server.admin_tls needs a certificate: set server.tls_cert and tls_key".into(),
             );
         }
-        let upstream_cfg = parse_upstream(&upstream.url).unwrap_or_else(|p| {
-            problems.push(p);
-            Upstream::Echo
+        let upstream_cfg = parse_upstream(&upstream.url).map_err(|p| problems.push(p));
+        let upstream_ca = upstream.ca_file.as_deref().and_then(|path| {
+            if upstream_cfg
+                .as_ref()
+                .is_ok_and(|u| !matches!(u, Upstream::Http { tls: true, .. }))
+            {
+                problems.push(format!(
+                    "upstream.ca_file is set, but upstream.url = {:?} is not an https:// URL",
+                    upstream.url
+                ));
+            }
+            UpstreamCa::load(path).map_err(|p| problems.push(p)).ok()
         });
+        let upstream_cfg = upstream_cfg.unwrap_or(Upstream::Echo);
         let admin_key = match (&admin.key, &admin.key_file) {
             (Some(_), Some(_)) => {
                 problems.push("admin.key and admin.key_file are both set: choose one".into());
@@ -408,6 +425,7 @@ impl Config {
             trusted_proxies,
             log_level: server.log_level,
             upstream: upstream_cfg,
+            upstream_ca,
             upstream_connect_timeout,
             upstream_read_timeout,
             admin_key,
@@ -459,9 +477,10 @@ fn apply_env(
             continue;
         }
         // Secrets, addresses and names stay strings even when they look like numbers.
-        const STRINGS: [&str; 13] = [
+        const STRINGS: [&str; 14] = [
             "key",
             "key_file",
+            "ca_file",
             "url",
             "path",
             "listen",
@@ -664,11 +683,15 @@ fn parse_upstream(url: &str) -> Result<Upstream, String> {
             "a path on the upstream is not supported; requests keep their own",
         ));
     }
-    let host = uri.host().ok_or_else(|| bad("no host"))?.to_owned();
+    let host = uri.host().ok_or_else(|| bad("no host"))?;
     let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     Ok(Upstream::Http {
         address: format!("{host}:{port}"),
-        host,
+        // The name TLS checks the certificate for: an IPv6 address without its brackets.
+        host: host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned(),
         tls,
     })
 }
@@ -854,7 +877,44 @@ mod tests {
                 tls: false
             }
         );
+        assert_eq!(
+            parse_upstream("https://[::1]:8443").unwrap(),
+            Upstream::Http {
+                address: "[::1]:8443".into(),
+                host: "::1".into(),
+                tls: true
+            }
+        );
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("http://x/base").is_err());
+    }
+
+    #[test]
+    fn upstream_ca_file_is_checked_with_everything_else() {
+        let text = format!(
+            "[server]\nthreads = 0\n[upstream]\nurl = \"http://127.0.0.1:3000\"\nca_file = \"/nonexistent/ca.pem\"\n{MINIMAL}"
+        );
+        let all = Config::from_toml(&text, no_env()).unwrap_err().0.join("\n");
+        for needle in [
+            "server.threads",
+            "upstream.ca_file is set, but upstream.url = \"http://127.0.0.1:3000\" is not an https:// URL",
+            "upstream.ca_file = \"/nonexistent/ca.pem\": can't read it",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from:\n{all}");
+        }
+        // From the environment too, as a path even when it looks like a number.
+        let env = vec![
+            (
+                "TOKENGATE_UPSTREAM__URL".to_owned(),
+                "https://upstream.internal".to_owned(),
+            ),
+            ("TOKENGATE_UPSTREAM__CA_FILE".to_owned(), "404".to_owned()),
+        ];
+        let all = Config::from_toml(MINIMAL, env).unwrap_err().0.join("\n");
+        assert!(
+            all.starts_with("upstream.ca_file = \"404\": can't read it")
+                && all.lines().count() == 1,
+            "{all}"
+        );
     }
 }

@@ -33,6 +33,9 @@ pub struct UpstreamTarget {
     pub address: std::net::SocketAddr,
     pub tls: bool,
     pub sni: String,
+    /// The CAs the upstream's certificate must chain to (`upstream.ca_file`), read once at
+    /// start; `None`: the system's roots.
+    pub ca: Option<Arc<pingora::protocols::tls::CaType>>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
 }
@@ -393,6 +396,7 @@ impl ProxyHttp for Proxy {
         );
         peer.options.connection_timeout = Some(self.upstream.connect_timeout);
         peer.options.read_timeout = Some(self.upstream.read_timeout);
+        peer.options.ca = self.upstream.ca.clone();
         Ok(Box::new(peer))
     }
 
