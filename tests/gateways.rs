@@ -17,7 +17,8 @@ use serde_json::json;
 
 const ROUTES: &str = "[[routes]]\npath = \"/db/{app}\"\n";
 
-/// A gateway process of the test's own, stopped by its pid.
+/// A gateway process of the test's own, stopped by its pid (nginx runs as one process, without
+/// a master, so killing it leaves no worker behind).
 struct Gateway {
     port: u16,
     child: Child,
@@ -68,7 +69,7 @@ impl Gateway {
             .replace("127.0.0.1:8080", &format!("127.0.0.1:{tokengate}"));
         let d = dir.path().display();
         let conf = format!(
-            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+            "master_process off;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
              events {{ worker_connections 64; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
