@@ -412,9 +412,12 @@ impl ProxyHttp for Proxy {
         // twice on the way: that was most of what authentication added per request. So the
         // upstream gets header names in their canonical case (HTTP/1.1 names are
         // case-insensitive); the request-target is unchanged, as only plain paths get here.
-        let placeholder = RequestHeader::build_no_case(http::Method::GET, b"/", Some(0))?;
+        // (The placeholder allocates nothing: an empty map, the static "/".)
+        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(upstream, placeholder));
-        parts.headers.reserve(UPSTREAM_HEADERS);
+        if ctx.admission.as_ref().is_some_and(|a| a.identity.is_some()) {
+            parts.headers.reserve(UPSTREAM_HEADERS);
+        }
         self.identity.strip_forged(&mut parts);
         if let Some(admission) = &ctx.admission {
             if !admission.forward_credentials {
