@@ -638,7 +638,12 @@ impl Endpoints {
         };
         match self.engine.decide(parts).await {
             Ok(admission) => {
-                let mut r = Response::json(StatusCode::OK, json!({"allowed": true}));
+                // No body: nginx's auth_request never reads one, and keeps its connection to
+                // tokengate only when there is none (with `{"allowed":true}`, nginx opened a
+                // new connection for every check).
+                let mut r = Response::json(StatusCode::OK, json!(null));
+                r.content_type = "text/plain";
+                r.body.clear();
                 // Every identity header, empty where there is no value: a gateway that copies
                 // them (Envoy, Traefik, Caddy) overwrites whatever the client sent under them.
                 self.identity
