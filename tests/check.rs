@@ -38,7 +38,10 @@ fn check(backend: &Backend) {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     // No body: nginx's auth_request keeps its connection to tokengate only then.
-    assert_eq!((r.header("content-length"), r.text().as_str()), (Some("0"), ""));
+    assert_eq!(
+        (r.header("content-length"), r.text().as_str()),
+        (Some("0"), "")
+    );
     assert_eq!(r.header("x-auth-user-id"), Some("al"));
     assert_eq!(r.header("x-auth-app-id"), Some("bq1"));
     assert_eq!(r.header("x-auth-department"), Some("Sales"));
