@@ -41,6 +41,37 @@ fn wait_for_port(port: u16, child: &mut Child, what: &str, log: Option<&std::pat
     }
 }
 
+/// Whether every socket listening on `port` (IPv4 or IPv6) belongs to process `pid`, and
+/// there is one: a connection to the port can then reach no other process.
+pub fn only_pid_listens(pid: u32, port: u16) -> bool {
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+        {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            if local_port == Some(port) && f.get(3) == Some(&"0A") {
+                inodes.extend(f.get(9).map(|i| format!("socket:[{i}]")));
+            }
+        }
+    }
+    let ours: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|l| l.to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    !inodes.is_empty() && inodes.iter().all(|i| ours.contains(i))
+}
+
 /// A `redis-server` of our own, on a free port.
 pub struct RedisServer {
     pub port: u16,
@@ -679,8 +710,29 @@ pub struct Tokengate {
 impl Tokengate {
     /// `routes` is TOML `[[routes]]` text; `extra` more TOML sections.
     pub fn start(backend: &Backend, upstream: &str, routes: &str, extra: &str) -> Self {
+        // A port found free can be taken by another test's process before ours binds it;
+        // then requests would reach that process. So the ports are checked to be held by our
+        // process alone, and on a clash it starts again on other ports.
+        for _ in 0..5 {
+            let tg = Self::start_on(free_port(), free_port(), backend, upstream, routes, extra);
+            let pid = tg.child.id();
+            if only_pid_listens(pid, tg.port) && only_pid_listens(pid, tg.admin_port) {
+                tg.wait_ready();
+                return tg;
+            }
+        }
+        panic!("tokengate: every pair of ports tried was taken by another process too");
+    }
+
+    fn start_on(
+        port: u16,
+        admin_port: u16,
+        backend: &Backend,
+        upstream: &str,
+        routes: &str,
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let (port, admin_port) = (free_port(), free_port());
         let store = match backend {
             Backend::Embedded => format!(
                 "backend = \"embedded\"\npath = {:?}",
@@ -695,14 +747,12 @@ impl Tokengate {
         let path: PathBuf = dir.path().join("tokengate.toml");
         std::fs::write(&path, config).unwrap();
         let child = Self::spawn(&dir, port, admin_port);
-        let tg = Self {
+        Self {
             port,
             admin_port,
             dir,
             child,
-        };
-        tg.wait_ready();
-        tg
+        }
     }
 
     fn spawn(dir: &tempfile::TempDir, port: u16, admin_port: u16) -> Child {
