@@ -269,11 +269,29 @@ impl EmbeddedStore {
         .await
     }
 
-    async fn one_with_usage<T: UsageRecord + Send + 'static>(
+    /// One record and its last use, in one read transaction (a cache miss waits on it).
+    async fn get_with_usage<T: serde::de::DeserializeOwned + UsageRecord + Send + 'static>(
         &self,
-        item: Option<T>,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        what: &'static str,
+        id: &str,
     ) -> StoreResult<Option<T>> {
-        Ok(self.with_usage(item.into_iter().collect()).await?.pop())
+        let id = id.to_owned();
+        self.read(move |txn| {
+            let t = txn.open_table(table).map_err(backend_error)?;
+            let Some(bytes) = t.get(id.as_str()).map_err(backend_error)? else {
+                return Ok(None);
+            };
+            let mut item: T = decode(what, bytes.value())?;
+            let uses = txn.open_table(USAGE).map_err(backend_error)?;
+            if let Some(ms) = uses.get(item.usage_key().as_str()).map_err(backend_error)?
+                && let Some(at) = chrono::DateTime::from_timestamp_millis(ms.value())
+            {
+                item.set_last_use(at);
+            }
+            Ok(Some(item))
+        })
+        .await
     }
 
     /// The records `owner` holds through `index`, sorted by id.
@@ -392,8 +410,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn user_token(&self, id: &str) -> StoreResult<Option<UserToken>> {
-        let token = self.get(TOKENS, "user token", id).await?;
-        self.one_with_usage(token).await
+        self.get_with_usage(TOKENS, "user token", id).await
     }
 
     async fn user_tokens(&self, filter: &TokenFilter) -> StoreResult<Vec<UserToken>> {
@@ -480,8 +497,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn ticket(&self, id: &str) -> StoreResult<Option<Ticket>> {
-        let ticket = self.get(TICKETS, "ticket", id).await?;
-        self.one_with_usage(ticket).await
+        self.get_with_usage(TICKETS, "ticket", id).await
     }
 
     async fn tickets(&self, user: Option<&str>) -> StoreResult<Vec<Ticket>> {
@@ -542,8 +558,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn session(&self, id: &str) -> StoreResult<Option<Session>> {
-        let session = self.get(SESSIONS, "session", id).await?;
-        self.one_with_usage(session).await
+        self.get_with_usage(SESSIONS, "session", id).await
     }
 
     async fn sessions(&self, user: Option<&str>) -> StoreResult<Vec<Session>> {
