@@ -8,9 +8,11 @@
 //! stale read. When messages may have been missed (the subscription dropped),
 //! [`Cache::resync`] empties the tables, so the bound on a missed change is the TTL at worst.
 //!
-//! Stale serving: every record loaded is also kept, beside the table, for `ttl + stale_for`
-//! (by the engine's clock). That copy is read only when the store can't be reached: a decision
-//! already cached keeps serving through a store outage for up to `stale_for` past its TTL.
+//! Stale serving: an entry carries the time it was loaded (by the engine's clock). It is a hit
+//! for `ttl`; a found record then stays in the table until `ttl + stale_for`, and is read only
+//! when the store can't be reached: a decision already cached keeps serving through a store
+//! outage for up to `stale_for` past its TTL. One table holds both, so each record is held
+//! once.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use moka::Expiry;
+use moka::ops::compute::{CompResult, Op};
 use prometheus::IntCounter;
 
 use chrono::{DateTime, Utc};
@@ -61,17 +64,36 @@ pub enum Invalidation {
     AppToken(String),
 }
 
-struct TtlByKind {
+/// How long moka keeps an entry: a found record for `ttl + stale_for` (fresh for `ttl`, then
+/// kept for stale serving), an absence for `negative_ttl`.
+struct Lifetimes {
     found: Duration,
     missing: Duration,
 }
 
-impl<T> Expiry<String, Cached<T>> for TtlByKind {
-    fn expire_after_create(&self, _: &String, value: &Cached<T>, _: Instant) -> Option<Duration> {
-        Some(match value {
+impl Lifetimes {
+    fn of<T>(&self, slot: &Slot<T>) -> Duration {
+        match slot.value {
             Cached::Found(_) => self.found,
             Cached::Missing => self.missing,
-        })
+        }
+    }
+}
+
+impl<T> Expiry<String, Slot<T>> for Lifetimes {
+    fn expire_after_create(&self, _: &String, slot: &Slot<T>, _: Instant) -> Option<Duration> {
+        Some(self.of(slot))
+    }
+
+    /// A reload starts the entry's life again (moka's default would keep the old deadline).
+    fn expire_after_update(
+        &self,
+        _: &String,
+        slot: &Slot<T>,
+        _: Instant,
+        _: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(self.of(slot))
     }
 }
 
@@ -81,37 +103,58 @@ enum LoadError<T> {
     Raced(Cached<T>),
 }
 
-/// A record as loaded, kept for stale serving.
-struct Kept<T> {
-    value: Arc<T>,
-    loaded_at: DateTime<Utc>,
+/// An entry: the store's answer, when it was read, and under which generation of the cache.
+/// Fresh (served as a hit) while younger than its TTL and of the current generation; a found
+/// record older than that stays in the table until `ttl + stale_for`, read only when the
+/// store can't be reached. One table for both: each record is held once.
+struct Slot<T> {
+    value: Cached<T>,
+    /// Milliseconds, by the engine's clock.
+    loaded_at: i64,
+    /// A resync starts a new generation: nothing older is fresh after it.
+    generation: u64,
 }
 
-impl<T> Clone for Kept<T> {
+impl<T> Clone for Slot<T> {
     fn clone(&self) -> Self {
         Self {
             value: self.value.clone(),
             loaded_at: self.loaded_at,
+            generation: self.generation,
         }
     }
 }
 
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 struct Table<T> {
-    entries: moka::future::Cache<String, Cached<T>>,
-    /// Found records for stale serving; `None` when `stale_for` is zero.
-    kept: Option<moka::future::Cache<String, Kept<T>>>,
+    entries: moka::future::Cache<String, Slot<T>>,
+    /// How long a found record is fresh (`ttl`), in milliseconds.
+    fresh_found: i64,
+    /// How long an absence is fresh (`negative_ttl`), in milliseconds.
+    fresh_missing: i64,
+    /// How long after its load a found record may serve while the store is down
+    /// (`ttl + stale_for`), in milliseconds; `None` when `stale_for` is zero.
+    serve_for: Option<i64>,
     hits: IntCounter,
     misses: IntCounter,
     stale: IntCounter,
 }
 
-/// What a table needs from its cache to load.
+/// What a table needs from its cache to look up and load.
 struct Loading<'a> {
     epoch: &'a AtomicU64,
+    generation: &'a AtomicU64,
     clock: &'a dyn Clock,
-    /// How long after its load a kept record may still be served: `ttl + stale_for`.
-    serve_for: chrono::Duration,
     breaker: &'a Breaker,
+}
+
+impl Loading<'_> {
+    fn now_ms(&self) -> i64 {
+        self.clock.now().timestamp_millis()
+    }
 }
 
 /// Once the store is found unreachable, misses don't wait on it again for a while: they are
@@ -157,48 +200,65 @@ impl Breaker {
 
 impl<T: Send + Sync + 'static> Table<T> {
     fn new(kind: &'static str, config: &CacheConfig, metrics: &Metrics) -> Self {
+        let keeps_stale = !config.stale_for.is_zero();
         Self {
             entries: moka::future::Cache::builder()
                 .max_capacity(config.max_entries)
-                .expire_after(TtlByKind {
-                    found: config.ttl,
+                .expire_after(Lifetimes {
+                    found: config.ttl + config.stale_for,
                     missing: config.negative_ttl,
                 })
                 .build(),
-            kept: (!config.stale_for.is_zero()).then(|| {
-                moka::future::Cache::builder()
-                    .max_capacity(config.max_entries)
-                    .time_to_live(config.ttl + config.stale_for)
-                    .build()
-            }),
+            fresh_found: millis(config.ttl),
+            fresh_missing: millis(config.negative_ttl),
+            serve_for: keeps_stale.then(|| millis(config.ttl + config.stale_for)),
             hits: metrics.cache_lookup(kind, "hit"),
             misses: metrics.cache_lookup(kind, "miss"),
             stale: metrics.cache_lookup(kind, "stale"),
         }
     }
 
-    async fn remove(&self, id: &str) {
-        self.entries.invalidate(id).await;
-        if let Some(kept) = &self.kept {
-            kept.invalidate(id).await;
-        }
+    fn is_fresh(&self, slot: &Slot<T>, at: &Loading<'_>, now_ms: i64) -> bool {
+        let ttl = match slot.value {
+            Cached::Found(_) => self.fresh_found,
+            Cached::Missing => self.fresh_missing,
+        };
+        slot.generation == at.generation.load(Ordering::Acquire)
+            && now_ms.saturating_sub(slot.loaded_at) < ttl
     }
 
+    /// Whether the table holds a fresh answer for `id` (a record or its absence).
+    async fn holds(&self, at: &Loading<'_>, id: &str) -> bool {
+        self.entries
+            .get(id)
+            .await
+            .is_some_and(|slot| self.is_fresh(&slot, at, at.now_ms()))
+    }
+
+    async fn remove(&self, id: &str) {
+        self.entries.invalidate(id).await;
+    }
+
+    /// After a resync (the generation has moved on): with `kept_too`, or when nothing is kept
+    /// for stale serving, the entries go; else they stay, for stale serving only.
     fn clear(&self, kept_too: bool) {
-        self.entries.invalidate_all();
-        if kept_too && let Some(kept) = &self.kept {
-            kept.invalidate_all();
+        if kept_too || self.serve_for.is_none() {
+            self.entries.invalidate_all();
         }
     }
 
     /// The kept copy of a record the store can't be asked for, if it is still young enough.
     async fn stale(&self, id: &str, at: &Loading<'_>) -> Option<Cached<T>> {
-        let kept = self.kept.as_ref()?.get(id).await?;
-        if at.clock.now() - kept.loaded_at > at.serve_for {
+        let serve_for = self.serve_for?;
+        let slot = self.entries.get(id).await?;
+        let Cached::Found(value) = slot.value else {
+            return None;
+        };
+        if at.now_ms().saturating_sub(slot.loaded_at) > serve_for {
             return None;
         }
         self.stale.inc();
-        Some(Cached::Found(kept.value))
+        Some(Cached::Found(value))
     }
 
     /// `fetch` is only called on a miss (an async-trait call allocates its future).
@@ -207,9 +267,11 @@ impl<T: Send + Sync + 'static> Table<T> {
         F: FnOnce() -> Fut,
         Fut: Future<Output = StoreResult<Option<T>>>,
     {
-        if let Some(hit) = self.entries.get(id).await {
+        if let Some(slot) = self.entries.get(id).await
+            && self.is_fresh(&slot, at, at.now_ms())
+        {
             self.hits.inc();
-            return Ok(hit);
+            return Ok(slot.value);
         }
         self.misses.inc();
         if !at.breaker.allows(at.clock.now()) {
@@ -218,50 +280,54 @@ impl<T: Send + Sync + 'static> Table<T> {
                 None => Err(StoreError::Unavailable("the store is not answering".into())),
             };
         }
-        let epoch = at.epoch;
-        let started = epoch.load(Ordering::Acquire);
+        let started = at.epoch.load(Ordering::Acquire);
+        let generation = at.generation.load(Ordering::Acquire);
+        // Loads of one key run one at a time (moka's per-key lock), so concurrent misses
+        // share a single store read: the later ones find the entry fresh and leave it.
         let loaded = self
             .entries
-            .try_get_with(id.to_owned(), async {
-                let value = Cached::from_option(fetch().await.map_err(LoadError::Store)?);
-                if epoch.load(Ordering::Acquire) == started {
-                    Ok(value)
-                } else {
-                    Err(LoadError::Raced(value))
+            .entry_by_ref(id)
+            .and_try_compute_with(|current| async move {
+                if current.is_some_and(|c| self.is_fresh(c.value(), at, at.now_ms())) {
+                    return Ok(Op::Nop);
                 }
+                let value = Cached::from_option(fetch().await.map_err(LoadError::Store)?);
+                if at.epoch.load(Ordering::Acquire) != started {
+                    return Err(LoadError::Raced(value));
+                }
+                Ok(Op::Put(Slot {
+                    value,
+                    loaded_at: at.now_ms(),
+                    generation,
+                }))
             })
             .await;
         match loaded {
-            Ok(v) => {
+            Ok(
+                CompResult::Inserted(entry)
+                | CompResult::ReplacedWith(entry)
+                | CompResult::Unchanged(entry),
+            ) => {
                 at.breaker.close();
-                match (&self.kept, &v) {
-                    (Some(kept), Cached::Found(value)) => {
-                        let loaded_at = at.clock.now();
-                        let value = value.clone();
-                        kept.insert(id.to_owned(), Kept { value, loaded_at }).await;
-                    }
-                    // Gone from the store (deleted, perhaps by a change this replica never
-                    // heard of): nothing of it may be served stale later.
-                    (Some(kept), Cached::Missing) => kept.invalidate(id).await,
-                    (None, _) => {}
-                }
-                // An invalidation between the check in the loader and moka's insert: drop it.
-                if epoch.load(Ordering::Acquire) != started {
+                // An invalidation between the check in the loader and moka's put: drop it.
+                if at.epoch.load(Ordering::Acquire) != started {
                     self.remove(id).await;
                 }
-                Ok(v)
+                Ok(entry.into_value().value)
             }
-            Err(e) => match &*e {
-                LoadError::Raced(v) => Ok(v.clone()),
-                LoadError::Store(StoreError::Unavailable(m)) => {
-                    at.breaker.trip(at.clock.now());
-                    match self.stale(id, at).await {
-                        Some(v) => Ok(v),
-                        None => Err(StoreError::Unavailable(m.clone())),
-                    }
+            // The loader never removes, nor leaves an absent entry absent.
+            Ok(CompResult::Removed(_) | CompResult::StillNone(_)) => Err(StoreError::Backend(
+                "the cache lost an entry while loading it".into(),
+            )),
+            Err(LoadError::Raced(v)) => Ok(v),
+            Err(LoadError::Store(StoreError::Unavailable(m))) => {
+                at.breaker.trip(at.clock.now());
+                match self.stale(id, at).await {
+                    Some(v) => Ok(v),
+                    None => Err(StoreError::Unavailable(m)),
                 }
-                LoadError::Store(other) => Err(StoreError::Backend(other.to_string())),
-            },
+            }
+            Err(LoadError::Store(other)) => Err(other),
         }
     }
 }
@@ -276,8 +342,9 @@ pub struct Cache {
     app_tokens: Table<AppToken>,
     /// Bumped by every invalidation; a load that saw it move is not kept.
     epoch: AtomicU64,
+    /// Bumped by every resync; entries loaded before it are no longer fresh.
+    generation: AtomicU64,
     clock: Arc<dyn Clock>,
-    serve_for: chrono::Duration,
     stale_for: Duration,
     breaker: Breaker,
     metrics: Arc<Metrics>,
@@ -299,9 +366,8 @@ impl Cache {
             app_tokens: Table::new("app_token", config, &metrics),
             store,
             epoch: AtomicU64::new(0),
+            generation: AtomicU64::new(0),
             clock,
-            serve_for: chrono::Duration::from_std(config.ttl + config.stale_for)
-                .unwrap_or(chrono::Duration::MAX),
             stale_for: config.stale_for,
             breaker: Breaker::default(),
             metrics,
@@ -311,8 +377,8 @@ impl Cache {
     fn loading(&self) -> Loading<'_> {
         Loading {
             epoch: &self.epoch,
+            generation: &self.generation,
             clock: &*self.clock,
-            serve_for: self.serve_for,
             breaker: &self.breaker,
         }
     }
@@ -379,15 +445,14 @@ impl Cache {
         ]
     }
 
-    /// Whether a user token's record (or its absence) is cached: no store read, and (moka's
-    /// `contains_key`) not counted as a read of the entry.
-    pub fn holds_user_token(&self, id: &str) -> bool {
-        self.user_tokens.entries.contains_key(id)
+    /// Whether a user token's record (or its absence) is cached and fresh: no store read.
+    pub async fn holds_user_token(&self, id: &str) -> bool {
+        self.user_tokens.holds(&self.loading(), id).await
     }
 
-    /// Whether a ticket's record (or its absence) is cached.
-    pub fn holds_ticket(&self, id: &str) -> bool {
-        self.tickets.entries.contains_key(id)
+    /// Whether a ticket's record (or its absence) is cached and fresh.
+    pub async fn holds_ticket(&self, id: &str) -> bool {
+        self.tickets.holds(&self.loading(), id).await
     }
 
     /// Drops a record from this process's cache at once: a change made here (`remote` false)
@@ -414,6 +479,7 @@ impl Cache {
     /// store may be down, and they are only read then); without, they go too.
     pub fn resync(&self, keep_stale: bool) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.metrics.invalidations_resync.inc();
         let kept_too = !keep_stale;
         self.users.clear(kept_too);

@@ -246,7 +246,7 @@ impl Engine {
             AppTarget::Unnamed => return Err(deny(AuthError::AppNotAllowed)),
             AppTarget::Ambiguous => return Err(deny(AuthError::BadRequest)),
         };
-        if self.held_off(req.client, kind, presented) {
+        if self.held_off(req.client, kind, presented).await {
             return Err(deny(AuthError::TooManyFailures));
         }
         let identity = self.verify(kind, presented, app).await.map_err(deny)?;
@@ -271,19 +271,28 @@ impl Engine {
     /// shared address isn't locked out by one guesser); a session's signature is checked before
     /// its record is read, so it needs no guard.
     ///
-    /// The cache is asked first, without counting as a read: a hit (most requests) never
-    /// touches the limiter's table, whose lookups do count.
-    fn held_off(&self, client: Option<IpAddr>, kind: CredentialKind, presented: &str) -> bool {
+    /// The cache is asked first: a fresh entry (most requests) never touches the limiter's
+    /// table, whose lookups do count.
+    async fn held_off(
+        &self,
+        client: Option<IpAddr>,
+        kind: CredentialKind,
+        presented: &str,
+    ) -> bool {
         // The usual case, nobody blocked, costs one atomic load; only then is the cache
         // asked, and the limiter's own table only for credentials the cache doesn't hold.
         if !self.failures.anyone_blocked() {
             return false;
         }
         let held = match kind {
-            CredentialKind::UserToken => format::parse(TokenKind::UserToken, presented)
-                .is_some_and(|(id, _)| self.cache.holds_user_token(id)),
-            CredentialKind::Ticket => format::parse(TokenKind::Ticket, presented)
-                .is_some_and(|(id, _)| self.cache.holds_ticket(id)),
+            CredentialKind::UserToken => match format::parse(TokenKind::UserToken, presented) {
+                Some((id, _)) => self.cache.holds_user_token(id).await,
+                None => false,
+            },
+            CredentialKind::Ticket => match format::parse(TokenKind::Ticket, presented) {
+                Some((id, _)) => self.cache.holds_ticket(id).await,
+                None => false,
+            },
             CredentialKind::Session => true,
         };
         !held && self.failures.is_blocked(client) && !self.failures.spend_lookup(client)
@@ -345,7 +354,7 @@ impl Engine {
     pub async fn identify(&self, req: RequestParts<'_>) -> Result<Identity, Denial> {
         let found = self.credentials(&req)?;
         let (kind, presented) = found.primary().ok_or(AuthError::MissingCredentials)?;
-        if self.held_off(req.client, kind, presented) {
+        if self.held_off(req.client, kind, presented).await {
             return Err(Denial {
                 error: AuthError::TooManyFailures,
                 method: Some(kind),

@@ -229,6 +229,54 @@ async fn unknown_tokens_are_remembered_and_malformed_ones_never_looked_up() {
     );
 }
 
+async fn the_cache_ttl_follows_the_clock(redis: bool) {
+    // Defaults: cache.ttl 30 s, cache.negative_ttl 5 s.
+    let w = world(redis, None).await;
+    decide(&w.engine, &w.token).await.unwrap();
+    // Deactivated behind this replica's back: no invalidation is heard.
+    let mut record = w.store.user_token(&w.token_id).await.unwrap().unwrap();
+    record.active = false;
+    w.store.update_user_token(&record).await.unwrap();
+    let before = w.metrics.store_requests_total();
+    w.clock.advance(Duration::seconds(29));
+    assert_eq!(decide(&w.engine, &w.token).await, Ok(()), "fresh for 29 s");
+    assert_eq!(w.metrics.store_requests_total(), before, "a hit");
+    w.clock.advance(Duration::seconds(1));
+    assert_eq!(
+        decide(&w.engine, &w.token).await,
+        Err(AuthError::TokenInactive),
+        "at 30 s the record is read again"
+    );
+    let reread = w.metrics.store_requests_total();
+    assert!(reread > before);
+    assert_eq!(
+        decide(&w.engine, &w.token).await,
+        Err(AuthError::TokenInactive)
+    );
+    assert_eq!(w.metrics.store_requests_total(), reread, "and cached again");
+
+    // An absence is fresh for negative_ttl only.
+    let unknown = format::generate(TokenKind::UserToken).unwrap().token;
+    let before = w.metrics.store_requests_total();
+    decide(&w.engine, &unknown).await.unwrap_err();
+    w.clock.advance(Duration::seconds(4));
+    decide(&w.engine, &unknown).await.unwrap_err();
+    assert_eq!(w.metrics.store_requests_total() - before, 1);
+    w.clock.advance(Duration::seconds(1));
+    decide(&w.engine, &unknown).await.unwrap_err();
+    assert_eq!(w.metrics.store_requests_total() - before, 2);
+}
+
+#[tokio::test]
+async fn the_cache_ttl_follows_the_clock_embedded() {
+    the_cache_ttl_follows_the_clock(false).await;
+}
+
+#[tokio::test]
+async fn the_cache_ttl_follows_the_clock_redis() {
+    the_cache_ttl_follows_the_clock(true).await;
+}
+
 #[tokio::test]
 async fn expiry_follows_the_clock_even_on_a_cache_hit() {
     let w = world(false, Some(t0() + Duration::hours(1))).await;
