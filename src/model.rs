@@ -22,7 +22,7 @@ pub struct User {
     pub tenant: Option<String>,
     pub status: UserStatus,
     /// App ids the user may use.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_vec")]
     pub apps: Vec<String>,
     /// argon2id PHC string; never leaves the store through the API.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -84,7 +84,7 @@ pub struct UserToken {
     pub description: String,
     pub user_id: String,
     /// App ids assigned to this token.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "exact_vec")]
     pub apps: Vec<String>,
     pub active: bool,
     #[serde(default)]
@@ -254,6 +254,14 @@ impl Identity {
 }
 
 /// Serialises a 32-byte hash as lowercase hex.
+/// A list decoded with no spare room: a decoded `Vec` grows by doubling (two apps take room for
+/// four), and cached records are held by the million.
+fn exact_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let mut v = Vec::<String>::deserialize(d)?;
+    v.shrink_to_fit();
+    Ok(v)
+}
+
 mod hex32 {
     use data_encoding::HEXLOWER;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
