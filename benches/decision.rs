@@ -174,6 +174,7 @@ fn fixture(backend: Backend<'_>) -> Fixture {
                     user_id: "alice".into(),
                     apps: vec!["bq1".into()],
                     active: true,
+                    held_by_admin: false,
                     expires_at: None,
                     department: None,
                     user_type: None,

@@ -137,6 +137,7 @@ fn user_token(i: u64) -> UserToken {
             APPS[((i + 1) % 4) as usize].into(),
         ],
         active: true,
+        held_by_admin: false,
         expires_at: (i % 2 == 1).then(|| created(i) + chrono::Duration::days(365)),
         department: None,
         user_type: None,

@@ -87,6 +87,10 @@ pub struct UserToken {
     #[serde(default, deserialize_with = "exact_vec")]
     pub apps: Vec<String>,
     pub active: bool,
+    /// Deactivated by an administrator: only an administrator can reactivate it, never its
+    /// owner through self-service (the admin may have found it compromised).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub held_by_admin: bool,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
     /// When set, replaces the owner's department for this token (a narrower token).

@@ -93,6 +93,7 @@ async fn world(redis: bool, expires_at: Option<DateTime<Utc>>) -> World {
                 user_id: "alice".into(),
                 apps: vec!["bq1".into()],
                 active: true,
+                held_by_admin: false,
                 expires_at,
                 department: None,
                 user_type: None,

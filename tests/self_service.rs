@@ -221,6 +221,47 @@ fn self_service(backend: &Backend) {
     let r = call(&tg, &ann, "PATCH", &path, Some(&json!({"active": true})));
     assert_eq!(r.status, 200);
     assert_eq!(proxy(&tg, "bq1", &secret), 200);
+
+    // Deactivated by an administrator (found compromised, say): its owner can't undo that.
+    let admin_path = format!("/v1/tokens/{id}");
+    let r = tg.admin("PATCH", &admin_path, Some(json!({"active": false})));
+    assert_eq!(
+        r.json()["deactivated_by_admin"],
+        json!(true),
+        "{}",
+        r.text()
+    );
+    let r = call(&tg, &ann, "PATCH", &path, Some(&json!({"active": true})));
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (403, "forbidden"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(proxy(&tg, "bq1", &secret), 401, "still refused");
+    let r = call(&tg, &ann, "GET", &path, None);
+    assert_eq!(
+        (
+            r.json()["active"].clone(),
+            r.json()["deactivated_by_admin"].clone()
+        ),
+        (json!(false), json!(true))
+    );
+    // Her other changes still go through; an administrator lifts the hold.
+    let r = call(&tg, &ann, "PATCH", &path, Some(&json!({"name": "renamed"})));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = tg.admin("PATCH", &admin_path, Some(json!({"active": true})));
+    assert_eq!(
+        r.json()["deactivated_by_admin"],
+        json!(false),
+        "{}",
+        r.text()
+    );
+    assert_eq!(proxy(&tg, "bq1", &secret), 200);
+    let r = call(&tg, &ann, "PATCH", &path, Some(&json!({"active": false})));
+    assert_eq!(r.status, 200);
+    let r = call(&tg, &ann, "PATCH", &path, Some(&json!({"active": true})));
+    assert_eq!(r.status, 200, "her own pause is hers to lift");
     let theirs = format!("/_auth/tokens/{bobs}");
     for (method, body) in [
         ("GET", None),

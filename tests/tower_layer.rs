@@ -72,6 +72,7 @@ async fn the_layer_admits_and_refuses_over_a_real_socket() {
                 user_id: "alice".into(),
                 apps: vec!["bq1".into()],
                 active: true,
+                held_by_admin: false,
                 expires_at: None,
                 department: None,
                 user_type: None,

@@ -630,7 +630,8 @@ async fn delete_app(State(state): Shared, Path(id): Path<String>) -> ApiResult<S
 fn token_view(t: &UserToken, owner: Option<&User>) -> Value {
     json!({
         "id": t.id, "name": t.name, "description": t.description, "user_id": t.user_id,
-        "apps": t.apps, "active": t.active, "expires_at": t.expires_at,
+        "apps": t.apps, "active": t.active, "deactivated_by_admin": t.held_by_admin,
+        "expires_at": t.expires_at,
         "department": t.department, "user_type": t.user_type,
         "tenant": owner.and_then(|u| u.tenant.clone()),
         "created_at": t.created_at, "last_used_at": t.last_used_at,
@@ -715,6 +716,7 @@ async fn create_token(
         user_id,
         apps,
         active: true,
+        held_by_admin: false,
         expires_at: new.expires_at,
         department: new.department,
         user_type: new.user_type,
@@ -852,10 +854,20 @@ async fn patch_token(
         token.apps = check_token_apps(&state, &owner, apps).await?;
     }
     if let Some(active) = patch.active {
+        if active && token.held_by_admin && !by_admin() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "an administrator deactivated this token: only an administrator can reactivate it",
+            ));
+        }
         if token.active && !active {
             state.metrics.revoked("user_token", 1);
         }
         token.active = active;
+        if by_admin() {
+            token.held_by_admin = !active;
+        }
     }
     state.store.update_user_token(&token).await?;
     state.engine.invalidate(&Invalidation::UserToken(id)).await;
@@ -1199,6 +1211,11 @@ async fn delete_user_sessions(
 tokio::task_local! {
     /// The signed-in user a self-service call acts for; unset on the admin API.
     static ACTOR: String;
+}
+
+/// Whether the change is made with the admin key (not a user's self-service call).
+fn by_admin() -> bool {
+    ACTOR.try_with(|_| ()).is_err()
 }
 
 /// Who made a change, for the audit log: `admin` (the admin key) or `user:<id>`.

@@ -503,6 +503,7 @@ const TOKEN_FIELDS: &[Col] = &[
     Col("user type", "user_type", Kind::Text),
     Col("apps", "apps", Kind::List),
     Col("active", "active", Kind::Bool),
+    Col("held by admin", "deactivated_by_admin", Kind::Bool),
     Col("expires", "expires_at", Kind::Time),
     Col("created", "created_at", Kind::Time),
     Col("last used", "last_used_at", Kind::Time),

@@ -80,6 +80,7 @@ fn token(id: &str, user_id: &str, apps: &[&str], active: bool) -> UserToken {
         user_id: user_id.to_owned(),
         apps: apps.iter().map(|a| (*a).to_owned()).collect(),
         active,
+        held_by_admin: false,
         expires_at: None,
         department: None,
         user_type: None,
@@ -960,6 +961,7 @@ async fn user_tokens(store: &dyn Store) {
     ta2.expires_at = Some(at(1_900_000_000));
     ta2.last_used_at = Some(at(1_700_000_900));
     ta2.department = Some("Support".to_owned());
+    ta2.held_by_admin = true;
     ok(store, store.update_user_token(&ta2).await, "update a");
     assert_eq!(
         ok(store, store.user_token(&ta2.id).await, "get after update"),
