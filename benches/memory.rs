@@ -170,6 +170,7 @@ fn session(i: u64) -> Session {
         remember_me: false,
         last_active_at: None,
         revoked_at: None,
+        external: false,
         used: Default::default(),
     }
 }

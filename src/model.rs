@@ -150,6 +150,10 @@ pub struct Session {
     pub last_active_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub revoked_at: Option<DateTime<Utc>>,
+    /// Another issuer's token (an OIDC provider's), held only in memory: tokengate can't
+    /// revoke it, so it can't be used to make tokengate's own credentials.
+    #[serde(skip)]
+    pub external: bool,
     /// When this cached copy last reported a use (not stored).
     #[serde(skip)]
     pub used: UseMark,

@@ -94,6 +94,7 @@ impl SessionTokens {
             remember_me,
             last_active_at: None,
             revoked_at: None,
+            external: false,
             used: Default::default(),
         };
         let claims = Claims {

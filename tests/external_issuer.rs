@@ -120,6 +120,28 @@ fn another_issuers_tokens_are_verified_by_its_jwks() {
     let r = tg.get("/db/bq1", &[("authorization", &good)]);
     assert_eq!(r.status, 200, "Knack style, no scheme: {}", r.text());
 
+    // Another issuer's token, which tokengate can't revoke, makes no user tokens of its own.
+    for (method, path) in [("GET", "/_auth/tokens"), ("POST", "/_auth/tokens")] {
+        let r = common::http(
+            tg.port,
+            method,
+            path,
+            &[
+                ("authorization", &bearer(&good)),
+                ("content-type", "application/json"),
+            ],
+            Some(br#"{"name": "minted", "apps": ["bq1"]}"#),
+        );
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (403, "credential_not_allowed"),
+            "{method} {path}: {}",
+            r.text()
+        );
+    }
+    let r = tg.admin("GET", "/v1/tokens?user=alice", None);
+    assert_eq!(r.json()["items"], json!([]), "{}", r.text());
+
     let before = up.count();
     for (what, t, code) in [
         (

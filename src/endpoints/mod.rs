@@ -490,7 +490,8 @@ impl Endpoints {
     }
 
     /// `GET|POST /_auth/tokens`, `PATCH|DELETE /_auth/tokens/{id}`: the caller's own user
-    /// tokens, for a ticket or a session (a user token can't manage tokens).
+    /// tokens, for a ticket or one of tokengate's own sessions (not a user token, nor another
+    /// issuer's JWT).
     async fn tokens(&self, req: &Request<'_>) -> Response {
         let rest = req
             .path
@@ -508,7 +509,11 @@ impl Endpoints {
             Ok(id) => id,
             Err(refused) => return refused,
         };
-        if identity.method() == crate::model::CredentialKind::UserToken {
+        // A user token can't make more of itself, and another issuer's token (which tokengate
+        // can't revoke) can't make credentials that outlive it.
+        let external =
+            matches!(&identity.credential, crate::model::Verified::Session(s) if s.external);
+        if identity.method() == crate::model::CredentialKind::UserToken || external {
             return Response::error(AuthError::CredentialNotAllowed, req.request_id, None);
         }
         // A ticket may ride in a cookie: a write must be JSON, which a page on another site

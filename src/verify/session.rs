@@ -178,6 +178,7 @@ impl SessionVerifier {
                     remember_me: false,
                     last_active_at: None,
                     revoked_at: None,
+                    external: true,
                     used: Default::default(),
                 }),
                 leeway_secs: issuer.config.leeway_secs,

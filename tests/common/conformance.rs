@@ -127,6 +127,7 @@ async fn sessions_and_keys(store: &dyn Store) {
         remember_me: false,
         last_active_at: None,
         revoked_at: None,
+        external: false,
         used: Default::default(),
     };
     let mut orphan = session("s-orphan");
