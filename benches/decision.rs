@@ -15,8 +15,8 @@
 //!   (user token, ticket, or a session's server-side record). A session's signature stays
 //!   verified (the verified-token cache is keyed by the token, not dropped by an invalidation):
 //!   a never-seen session token pays the JWT check on top (`benches/jwt.rs`). The run fails
-//!   unless the store's request count grew by exactly one per timed decide. The loaded record
-//!   is also put in the stale-serving copy (`cache.stale_for`, on by default), as in
+//!   unless the store's request count grew by exactly one per timed decide. The loaded entry
+//!   is also what stale serving (`cache.stale_for`, on by default) would read, as in
 //!   production.
 //! - After the groups, a plain timing loop per backend and kind: 10,000 rounds of (invalidate,
 //!   timed miss, timed hit), printing p50/p90/p99/p99.9/max of each and the latency a miss

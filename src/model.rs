@@ -261,7 +261,6 @@ impl Identity {
     }
 }
 
-/// Serialises a 32-byte hash as lowercase hex.
 /// A list decoded with no spare room: a decoded `Vec` grows by doubling (two apps take room for
 /// four), and cached records are held by the million.
 fn exact_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
@@ -270,6 +269,7 @@ fn exact_vec<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::E
     Ok(v)
 }
 
+/// Serialises a 32-byte hash as lowercase hex.
 mod hex32 {
     use data_encoding::HEXLOWER;
     use serde::{Deserialize, Deserializer, Serializer, de::Error};
