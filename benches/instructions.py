@@ -5,7 +5,7 @@ noise (the load comparison, benches/load.py, measures time, and on a shared two-
 its figures move by 20% from one run to the next).
 
     cargo build --release && cargo build --release --example pingora_floor
-    python3 benches/instructions.py [--seconds 15]
+    python3 benches/instructions.py [--seconds 15] [--keep DIR]
 
 Needs valgrind and wrk (Debian: valgrind wrk nginx-light). Each target runs under
 `valgrind --tool=callgrind` with one worker thread behind an nginx upstream that answers 200;
@@ -112,6 +112,9 @@ def main():
     ap.add_argument("--seconds", type=int, default=15)
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--tickets", type=int, default=30, help="each is an argon2 sign-in under valgrind")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="work in DIR and keep it: each target's callgrind.out.* is there, numbered in "
+                         "order, for callgrind_annotate")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk", "nginx"):
         if not shutil.which(tool):
@@ -120,7 +123,9 @@ def main():
                         (load.FLOOR_BIN, "cargo build --release --example pingora_floor")):
         if not os.path.exists(binary):
             sys.exit(f"build first: {how}")
-    top = tempfile.mkdtemp(prefix="tg-instructions-")
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
+    top = args.keep or tempfile.mkdtemp(prefix="tg-instructions-")
     procs = load.Procs(top)
     results = {}
     try:
@@ -181,7 +186,8 @@ def main():
         target(f"tokengate, tickets in the query (cache hits, {args.tickets} tickets)", ROUTE, tickets)
     finally:
         procs.stop()
-        shutil.rmtree(top, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(top, ignore_errors=True)
 
     base = results["tokengate, auth off"][0]
     print("| target | instructions/request | × auth off |")

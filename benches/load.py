@@ -78,7 +78,8 @@ ADMIN_KEY = "load-test-admin-key-0123456789"
 PASSWORD = "load-test-password-0123456789"
 TOKENS = 10_000
 MISS_EVERY = 20  # one request in 20 (5%) carries a token the cache has never seen
-FIRST_RPS_GUESS = 20_000  # sizes the first pool of never-seen tokens; later runs use measured rates
+FIRST_RPS_GUESS = 45_000  # sizes the first pool of never-seen tokens (above what one core serves:
+# too small a pool fails the run); later runs use measured rates
 TICK = os.sysconf("SC_CLK_TCK")
 NGINX_LUA = "/usr/lib/nginx/modules/ndk_http_module.so", "/usr/lib/nginx/modules/ngx_http_lua_module.so"
 UPSTREAM_PORT = None
