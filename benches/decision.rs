@@ -146,6 +146,7 @@ fn fixture(backend: Backend<'_>) -> Fixture {
                 tenant: None,
                 require_app_token: false,
                 created_at: now,
+                headers: Default::default(),
             })
             .await
             .unwrap();
@@ -161,6 +162,7 @@ fn fixture(backend: Backend<'_>) -> Fixture {
                 apps: vec!["bq1".into()],
                 password_hash: None,
                 created_at: now,
+                headers: Default::default(),
             })
             .await
             .unwrap();
@@ -181,6 +183,7 @@ fn fixture(backend: Backend<'_>) -> Fixture {
                     created_at: now,
                     last_used_at: None,
                     used: UseMark::default(),
+                    headers: Default::default(),
                 },
                 100,
             )
@@ -196,6 +199,7 @@ fn fixture(backend: Backend<'_>) -> Fixture {
                 last_active_at: None,
                 revoked_at: None,
                 used: UseMark::default(),
+                headers: Default::default(),
             })
             .await
             .unwrap();

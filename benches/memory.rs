@@ -27,6 +27,8 @@
 //!   The same one table keeps a record for stale serving (its entry carries its load time), so
 //!   this should weigh what `no_stale` does. The cache TTL is set to 1h so no entry expires
 //!   while the table fills; the TTL doesn't change what an entry weighs.
+//! - `used`: `default`, and each record's identity header values made, as the first request it
+//!   admits makes them (then shared by every later one): what a credential in use weighs.
 //!
 //! Records (user tokens): a 16-character id (as `format::generate` makes), a name of about 20
 //! characters, half with a 32-character description and half with none, the owner's generated
@@ -58,7 +60,7 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
 const SCENARIO_VAR: &str = "TOKENGATE_MEMORY_SCENARIO";
 const KINDS: [&str; 3] = ["user_token", "ticket", "session"];
-const SETUPS: [&str; 3] = ["records", "no_stale", "default"];
+const SETUPS: [&str; 4] = ["records", "no_stale", "default", "used"];
 
 /// Base32 of `n`, `len` characters (the alphabet of `format::random_base32`).
 fn base32(mut n: u64, len: usize) -> String {
@@ -144,6 +146,7 @@ fn user_token(i: u64) -> UserToken {
         created_at: created(i),
         last_used_at: None,
         used: Default::default(),
+        headers: Default::default(),
     }
 }
 
@@ -157,6 +160,7 @@ fn ticket(i: u64) -> Ticket {
         last_active_at: None,
         revoked_at: None,
         used: Default::default(),
+        headers: Default::default(),
     }
 }
 
@@ -172,6 +176,7 @@ fn session(i: u64) -> Session {
         revoked_at: None,
         external: false,
         used: Default::default(),
+        headers: Default::default(),
     }
 }
 
@@ -457,10 +462,37 @@ fn run_scenario(name: &str, n: u64) {
         rt.block_on(async {
             for i in 0..n {
                 let id = id_of(kind, i);
+                // `used`: what the first request a record admits adds, its identity header
+                // values (made once, then shared).
+                let used = setup == "used";
                 let found = match kind {
-                    "user_token" => matches!(cache.user_token(&id).await, Ok(Cached::Found(_))),
-                    "ticket" => matches!(cache.ticket(&id).await, Ok(Cached::Found(_))),
-                    _ => matches!(cache.session(&id).await, Ok(Cached::Found(_))),
+                    "user_token" => match cache.user_token(&id).await {
+                        Ok(Cached::Found(r)) => {
+                            if used {
+                                r.header_values();
+                            }
+                            true
+                        }
+                        _ => false,
+                    },
+                    "ticket" => match cache.ticket(&id).await {
+                        Ok(Cached::Found(r)) => {
+                            if used {
+                                r.header_values();
+                            }
+                            true
+                        }
+                        _ => false,
+                    },
+                    _ => match cache.session(&id).await {
+                        Ok(Cached::Found(r)) => {
+                            if used {
+                                r.header_values();
+                            }
+                            true
+                        }
+                        _ => false,
+                    },
                 };
                 assert!(found, "{kind} {id} was not loaded");
             }
@@ -580,8 +612,8 @@ fn main() {
 
     for kind in KINDS {
         let get = |setup: &str| results.get(&format!("{kind}/{setup}")).copied();
-        let (Some(records), Some(no_stale), Some(default)) =
-            (get("records"), get("no_stale"), get("default"))
+        let (Some(records), Some(no_stale), Some(default), Some(used)) =
+            (get("records"), get("no_stale"), get("default"), get("used"))
         else {
             continue;
         };
@@ -607,6 +639,15 @@ fn main() {
             "  stale serving on (default) over off (no_stale)                 {:>6.1} B  ({:.2} allocations)",
             default.bytes - no_stale.bytes,
             default.allocations - no_stale.allocations
+        );
+        println!(
+            "  its identity header values, once a request used it (used over default) {:>6.1} B  ({:.2} allocations)",
+            used.bytes - default.bytes,
+            used.allocations - default.allocations
+        );
+        println!(
+            "\n{kind}: {:.0} heap bytes ({:.0} RSS) per cached credential once used",
+            used.bytes, used.rss
         );
         println!(
             "  RSS: records {:.1}, stale serving off {:.1}, default {:.1} B per credential",

@@ -6,7 +6,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::credential::{self, CredentialNames, QUERY_PARAMS, Sources};
-use crate::model::Identity;
+use crate::model::{Identity, Verified};
 
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -97,31 +97,61 @@ impl IdentityHeaders {
         }
     }
 
-    /// Sets the identity headers (call [`Self::strip_forged`] first).
+    /// Sets the identity headers (call [`Self::strip_forged`] first). The values come from the
+    /// records' [`HeaderValues`], made once per cached record: no allocation per request.
     pub fn set(&self, req: &mut impl RequestEdit, identity: &Identity) {
-        let user = &identity.user;
+        let [user_id, email, name, department, user_type, tenant] = identity.user.header_values();
+        // The credential's id and expiry, and, for a narrower user token, the department and
+        // user type that replace its owner's.
+        let (credential_id, expires_at, department, user_type) = match &identity.credential {
+            Verified::UserToken(t) => {
+                let [id, department_of_token, user_type_of_token, expires] = t.header_values();
+                (
+                    id,
+                    expires,
+                    if t.department.is_some() {
+                        department_of_token
+                    } else {
+                        department
+                    },
+                    if t.user_type.is_some() {
+                        user_type_of_token
+                    } else {
+                        user_type
+                    },
+                )
+            }
+            Verified::Ticket(t) => {
+                let [id, expires] = t.header_values();
+                (id, expires, department, user_type)
+            }
+            Verified::Session(s) => {
+                let [id, expires] = s.header_values();
+                (id, expires, department, user_type)
+            }
+        };
         req.insert_header(
             self.method.clone(),
             HeaderValue::from_static(identity.method().as_str()),
         );
-        let mut put = |name: &HeaderName, value: Option<&str>| {
+        let mut put = |name: &HeaderName, value: &Option<HeaderValue>| {
             // A value that can't be a header (a control character) is left out, never mangled.
-            if let Some(v) = value.and_then(|v| HeaderValue::from_bytes(v.as_bytes()).ok()) {
-                req.insert_header(name.clone(), v);
+            if let Some(v) = value {
+                req.insert_header(name.clone(), v.clone());
             }
         };
-        put(&self.user_id, Some(&user.id));
-        put(&self.user_email, Some(&user.email));
-        put(&self.user_name, Some(&user.name));
-        put(&self.credential_id, Some(identity.credential_id()));
-        put(&self.app_id, identity.app_id());
-        put(&self.department, identity.department());
-        put(&self.user_type, identity.user_type());
-        put(&self.tenant, identity.tenant());
-        if let Some(at) = identity.expires_at() {
-            let at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-            put(&self.expires_at, Some(&at));
+        put(&self.user_id, user_id);
+        put(&self.user_email, email);
+        put(&self.user_name, name);
+        put(&self.credential_id, credential_id);
+        if let Some(app) = &identity.app {
+            let [app_id] = app.header_values();
+            put(&self.app_id, app_id);
         }
+        put(&self.department, department);
+        put(&self.user_type, user_type);
+        put(&self.tenant, tenant);
+        put(&self.expires_at, expires_at);
     }
 }
 
@@ -217,6 +247,8 @@ impl RequestEdit for HeaderMap {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
 
     #[test]
@@ -257,5 +289,107 @@ mod tests {
         assert!(h.get("authorization").is_none() && h.get("qb-app-token").is_none());
         assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
         assert_eq!(h.get("accept").unwrap(), "*/*");
+    }
+
+    fn identity(credential: Verified) -> Identity {
+        use crate::model::{App, User, UserStatus};
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        Identity {
+            user: Arc::new(User {
+                id: "u1".into(),
+                email: "ann@example.com".into(),
+                // A control character: can't be a header value, so left out.
+                name: "Ann\nInjected: yes".into(),
+                department: Some("Sales".into()),
+                user_type: Some("member".into()),
+                tenant: Some("acme".into()),
+                status: UserStatus::Active,
+                apps: vec!["bq1".into()],
+                password_hash: None,
+                created_at: at,
+                headers: Default::default(),
+            }),
+            credential,
+            app: Some(Arc::new(App {
+                id: "bq1".into(),
+                name: "B".into(),
+                tenant: Some("acme".into()),
+                require_app_token: false,
+                created_at: at,
+                headers: Default::default(),
+            })),
+        }
+    }
+
+    fn set(identity: &Identity) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        IdentityHeaders::new("x-auth-")
+            .unwrap()
+            .set(&mut h, identity);
+        h
+    }
+
+    #[test]
+    fn identity_headers_are_made_once_per_record_and_say_the_same_each_time() {
+        use crate::model::{Ticket, UserToken};
+        let at = chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap();
+        let token = identity(Verified::UserToken(Arc::new(UserToken {
+            id: "tok1".into(),
+            secret_hash: [0; 32],
+            name: "n".into(),
+            description: String::new(),
+            user_id: "u1".into(),
+            apps: vec!["bq1".into()],
+            active: true,
+            held_by_admin: false,
+            expires_at: Some(at),
+            // A narrower token: its department replaces the owner's; its user type is unset,
+            // so the owner's stands.
+            department: Some("Support".into()),
+            user_type: None,
+            created_at: at,
+            last_used_at: None,
+            headers: Default::default(),
+            used: Default::default(),
+        })));
+        let first = set(&token);
+        let second = set(&token);
+        assert_eq!(first, second, "the shared values say what the first made");
+        let get = |h: &HeaderMap, name: &str| h.get(name).map(|v| v.to_str().unwrap().to_owned());
+        for (name, value) in [
+            ("x-auth-user-id", Some("u1")),
+            ("x-auth-user-email", Some("ann@example.com")),
+            ("x-auth-user-name", None),
+            ("x-auth-method", Some("user_token")),
+            ("x-auth-credential-id", Some("tok1")),
+            ("x-auth-app-id", Some("bq1")),
+            ("x-auth-department", Some("Support")),
+            ("x-auth-user-type", Some("member")),
+            ("x-auth-tenant", Some("acme")),
+            ("x-auth-expires-at", Some("2023-11-14T22:13:20Z")),
+        ] {
+            assert_eq!(get(&second, name).as_deref(), value, "{name}");
+        }
+
+        // The same user (its values already made) with a ticket.
+        let ticket = Identity {
+            credential: Verified::Ticket(Arc::new(Ticket {
+                id: "tik1".into(),
+                secret_hash: [0; 32],
+                user_id: "u1".into(),
+                issued_at: at,
+                expires_at: at,
+                last_active_at: None,
+                revoked_at: None,
+                headers: Default::default(),
+                used: Default::default(),
+            })),
+            ..token.clone()
+        };
+        let h = set(&ticket);
+        assert_eq!(get(&h, "x-auth-department").as_deref(), Some("Sales"));
+        assert_eq!(get(&h, "x-auth-credential-id").as_deref(), Some("tik1"));
+        assert_eq!(get(&h, "x-auth-method").as_deref(), Some("ticket"));
+        assert_eq!(set(&ticket), h);
     }
 }

@@ -1,12 +1,60 @@
 //! The things tokengate knows about, as plain data: users, apps, user tokens, and the identity
 //! a verified credential stands for. No I/O and no policy here; the store keeps these as JSON.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, Utc};
+use http::HeaderValue;
 use serde::{Deserialize, Serialize};
 
 use crate::usage::UseMark;
+
+/// Identity header values made from a cached record's fields once, on the first request it
+/// admits, and shared by every later one: a reference count per request instead of an
+/// allocation and a copy. Not stored; a clone or a record read again starts empty. Boxed, so a
+/// record no request has used carries 16 bytes for them, not `N` × 40.
+#[derive(Default)]
+pub struct HeaderValues<const N: usize>(OnceLock<Box<[Option<HeaderValue>; N]>>);
+
+impl<const N: usize> HeaderValues<N> {
+    /// The values, made by `make` on first use. A field that can't be a header value (a
+    /// control character) is `None`: left out, never mangled.
+    pub fn get_or_init(
+        &self,
+        make: impl FnOnce() -> [Option<HeaderValue>; N],
+    ) -> &[Option<HeaderValue>; N] {
+        self.0.get_or_init(|| Box::new(make()))
+    }
+}
+
+impl<const N: usize> Clone for HeaderValues<N> {
+    fn clone(&self) -> Self {
+        Self::default()
+    }
+}
+
+/// Derived data: two records are equal by their fields alone.
+impl<const N: usize> PartialEq for HeaderValues<N> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl<const N: usize> std::fmt::Debug for HeaderValues<N> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HeaderValues")
+    }
+}
+
+/// A header value of `v`, if it can be one.
+fn header_value(v: &str) -> Option<HeaderValue> {
+    HeaderValue::from_bytes(v.as_bytes()).ok()
+}
+
+/// An expiry as the identity header carries it (RFC 3339, seconds, `Z`).
+fn expiry_value(at: DateTime<Utc>) -> Option<HeaderValue> {
+    header_value(&at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+}
 
 /// A person or a service account.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -28,6 +76,9 @@ pub struct User {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_hash: Option<String>,
     pub created_at: DateTime<Utc>,
+    /// id, email, name, department, user type, tenant (not stored).
+    #[serde(skip)]
+    pub headers: HeaderValues<6>,
 }
 
 /// Everything but the password hash.
@@ -44,6 +95,20 @@ impl std::fmt::Debug for User {
 }
 
 impl User {
+    /// Its identity header values: id, email, name, department, user type, tenant.
+    pub fn header_values(&self) -> &[Option<HeaderValue>; 6] {
+        self.headers.get_or_init(|| {
+            [
+                header_value(&self.id),
+                header_value(&self.email),
+                header_value(&self.name),
+                self.department.as_deref().and_then(header_value),
+                self.user_type.as_deref().and_then(header_value),
+                self.tenant.as_deref().and_then(header_value),
+            ]
+        })
+    }
+
     pub fn is_active(&self) -> bool {
         self.status == UserStatus::Active
     }
@@ -70,6 +135,9 @@ pub struct App {
     #[serde(default)]
     pub require_app_token: bool,
     pub created_at: DateTime<Utc>,
+    /// id (not stored).
+    #[serde(skip)]
+    pub headers: HeaderValues<1>,
 }
 
 /// An opaque secret owned by one user, for scripts and integrations. Only the SHA-256 of its
@@ -102,12 +170,27 @@ pub struct UserToken {
     pub created_at: DateTime<Utc>,
     #[serde(default)]
     pub last_used_at: Option<DateTime<Utc>>,
+    /// id, department, user type, expiry (not stored).
+    #[serde(skip)]
+    pub headers: HeaderValues<4>,
     /// When this cached copy last reported a use (not stored).
     #[serde(skip)]
     pub used: UseMark,
 }
 
 impl UserToken {
+    /// Its identity header values: id, department, user type, expiry.
+    pub fn header_values(&self) -> &[Option<HeaderValue>; 4] {
+        self.headers.get_or_init(|| {
+            [
+                header_value(&self.id),
+                self.department.as_deref().and_then(header_value),
+                self.user_type.as_deref().and_then(header_value),
+                self.expires_at.and_then(expiry_value),
+            ]
+        })
+    }
+
     pub fn is_assigned(&self, app: &str) -> bool {
         self.apps.iter().any(|a| a == app)
     }
@@ -128,6 +211,9 @@ pub struct Ticket {
     /// Set by sign-out or the admin API: the ticket is refused as `token_revoked`.
     #[serde(default)]
     pub revoked_at: Option<DateTime<Utc>>,
+    /// id, expiry (not stored).
+    #[serde(skip)]
+    pub headers: HeaderValues<2>,
     /// When this cached copy last reported a use (not stored).
     #[serde(skip)]
     pub used: UseMark,
@@ -154,6 +240,9 @@ pub struct Session {
     /// revoke it, so it can't be used to make tokengate's own credentials.
     #[serde(skip)]
     pub external: bool,
+    /// id, expiry (not stored).
+    #[serde(skip)]
+    pub headers: HeaderValues<2>,
     /// When this cached copy last reported a use (not stored).
     #[serde(skip)]
     pub used: UseMark,
@@ -207,6 +296,29 @@ pub struct Identity {
     pub credential: Verified,
     /// The app the request targets, when the route names one.
     pub app: Option<Arc<App>>,
+}
+
+impl App {
+    /// Its identity header value: id.
+    pub fn header_values(&self) -> &[Option<HeaderValue>; 1] {
+        self.headers.get_or_init(|| [header_value(&self.id)])
+    }
+}
+
+impl Ticket {
+    /// Its identity header values: id, expiry.
+    pub fn header_values(&self) -> &[Option<HeaderValue>; 2] {
+        self.headers
+            .get_or_init(|| [header_value(&self.id), expiry_value(self.expires_at)])
+    }
+}
+
+impl Session {
+    /// Its identity header values: id, expiry.
+    pub fn header_values(&self) -> &[Option<HeaderValue>; 2] {
+        self.headers
+            .get_or_init(|| [header_value(&self.id), expiry_value(self.expires_at)])
+    }
 }
 
 impl Identity {

@@ -96,6 +96,7 @@ impl SessionTokens {
             revoked_at: None,
             external: false,
             used: Default::default(),
+            headers: Default::default(),
         };
         let claims = Claims {
             sub: user.id.clone(),

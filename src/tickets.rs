@@ -83,6 +83,7 @@ impl Tickets {
             last_active_at: None,
             revoked_at: None,
             used: Default::default(),
+            headers: Default::default(),
         };
         self.store
             .insert_ticket(&ticket)

@@ -64,6 +64,7 @@ async fn world(redis: bool, expires_at: Option<DateTime<Utc>>) -> World {
             tenant: None,
             require_app_token: false,
             created_at: t0(),
+            headers: Default::default(),
         })
         .await
         .unwrap();
@@ -79,6 +80,7 @@ async fn world(redis: bool, expires_at: Option<DateTime<Utc>>) -> World {
             apps: vec!["bq1".into()],
             password_hash: None,
             created_at: t0(),
+            headers: Default::default(),
         })
         .await
         .unwrap();
@@ -100,6 +102,7 @@ async fn world(redis: bool, expires_at: Option<DateTime<Utc>>) -> World {
                 created_at: t0(),
                 last_used_at: None,
                 used: Default::default(),
+                headers: Default::default(),
             },
             100,
         )

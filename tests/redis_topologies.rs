@@ -35,6 +35,7 @@ fn user(id: &str) -> User {
         apps: Vec::new(),
         password_hash: None,
         created_at: DateTime::from_timestamp(1_700_000_000, 0).unwrap(),
+        headers: Default::default(),
     }
 }
 

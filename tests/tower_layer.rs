@@ -43,6 +43,7 @@ async fn the_layer_admits_and_refuses_over_a_real_socket() {
             tenant: None,
             require_app_token: false,
             created_at: now,
+            headers: Default::default(),
         })
         .await
         .unwrap();
@@ -58,6 +59,7 @@ async fn the_layer_admits_and_refuses_over_a_real_socket() {
             apps: vec!["bq1".into()],
             password_hash: None,
             created_at: now,
+            headers: Default::default(),
         })
         .await
         .unwrap();
@@ -79,6 +81,7 @@ async fn the_layer_admits_and_refuses_over_a_real_socket() {
                 created_at: now,
                 last_used_at: None,
                 used: Default::default(),
+                headers: Default::default(),
             },
             100,
         )

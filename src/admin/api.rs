@@ -384,6 +384,7 @@ async fn create_user(
         apps,
         password_hash,
         created_at: state.engine.clock().now(),
+        headers: Default::default(),
     };
     state.store.insert_user(&user).await?;
     // A negative entry for this id may be cached from before it existed.
@@ -532,6 +533,7 @@ async fn create_app(
         tenant: new.tenant,
         require_app_token: new.require_app_token,
         created_at: state.engine.clock().now(),
+        headers: Default::default(),
     };
     state.store.insert_app(&app).await?;
     state
@@ -723,6 +725,7 @@ async fn create_token(
         created_at: state.engine.clock().now(),
         last_used_at: None,
         used: Default::default(),
+        headers: Default::default(),
     };
     state
         .store

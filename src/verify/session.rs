@@ -180,6 +180,7 @@ impl SessionVerifier {
                     revoked_at: None,
                     external: true,
                     used: Default::default(),
+                    headers: Default::default(),
                 }),
                 leeway_secs: issuer.config.leeway_secs,
             })

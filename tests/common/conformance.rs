@@ -58,6 +58,7 @@ fn user(id: &str) -> User {
         apps: vec!["app-a".to_owned()],
         password_hash: None,
         created_at: at(1_700_000_000),
+        headers: Default::default(),
     }
 }
 
@@ -68,6 +69,7 @@ fn app(id: &str) -> App {
         tenant: Some("acme".to_owned()),
         require_app_token: false,
         created_at: at(1_700_000_100),
+        headers: Default::default(),
     }
 }
 
@@ -87,6 +89,7 @@ fn token(id: &str, user_id: &str, apps: &[&str], active: bool) -> UserToken {
         created_at: at(1_700_000_200),
         last_used_at: None,
         used: Default::default(),
+        headers: Default::default(),
     }
 }
 
@@ -129,6 +132,7 @@ async fn sessions_and_keys(store: &dyn Store) {
         revoked_at: None,
         external: false,
         used: Default::default(),
+        headers: Default::default(),
     };
     let mut orphan = session("s-orphan");
     orphan.user_id = "s-nobody".to_owned();
@@ -236,6 +240,7 @@ fn ticket(id: &str, user_id: &str) -> Ticket {
         last_active_at: None,
         revoked_at: None,
         used: Default::default(),
+        headers: Default::default(),
     }
 }
 
