@@ -262,6 +262,51 @@ fn self_service(backend: &Backend) {
     assert_eq!(r.status, 200);
     let r = call(&tg, &ann, "PATCH", &path, Some(&json!({"active": true})));
     assert_eq!(r.status, 200, "her own pause is hers to lift");
+
+    // An expiry: she may set one and bring it closer, never lift it or push it back.
+    let (later, sooner) = ("2099-01-01T00:00:00Z", "2098-01-01T00:00:00Z");
+    let expires = |r: &common::Response| r.json()["expires_at"].clone();
+    let r = call(
+        &tg,
+        &ann,
+        "PATCH",
+        &path,
+        Some(&json!({"expires_at": later})),
+    );
+    assert_eq!((r.status, expires(&r)), (200, json!(later)), "{}", r.text());
+    let r = call(
+        &tg,
+        &ann,
+        "PATCH",
+        &path,
+        Some(&json!({"expires_at": sooner})),
+    );
+    assert_eq!(
+        (r.status, expires(&r)),
+        (200, json!(sooner)),
+        "{}",
+        r.text()
+    );
+    for lifted in [json!(null), json!(later)] {
+        let r = call(
+            &tg,
+            &ann,
+            "PATCH",
+            &path,
+            Some(&json!({"expires_at": lifted})),
+        );
+        assert_eq!(
+            (r.status, r.error().as_str()),
+            (403, "forbidden"),
+            "{lifted}"
+        );
+    }
+    let r = tg.admin("PATCH", &admin_path, Some(json!({"expires_at": null})));
+    assert_eq!(
+        (r.status, expires(&r)),
+        (200, json!(null)),
+        "an administrator may"
+    );
     let theirs = format!("/_auth/tokens/{bobs}");
     for (method, body) in [
         ("GET", None),

@@ -851,6 +851,18 @@ async fn patch_token(
     }
     if let Some(at) = patch.expires_at {
         check_expiry(&state, at)?;
+        // Its owner may bring an expiry closer, never lift it or push it back: an
+        // administrator may have set it, and self-service never widens a token.
+        if !by_admin()
+            && let Some(current) = token.expires_at
+            && at.is_none_or(|at| at > current)
+        {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "a token's expiry can be brought closer here, not lifted or pushed back",
+            ));
+        }
         token.expires_at = at;
     }
     if let Some(apps) = patch.apps {
