@@ -54,7 +54,9 @@ pub enum StartError {
 pub fn open_store(config: &StoreConfig) -> Result<SharedStore, crate::store::StoreError> {
     Ok(match config {
         StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(path)?),
-        StoreConfig::Redis { url } => Arc::new(RedisStore::new(url)?),
+        StoreConfig::Redis { url, ca_file } => {
+            Arc::new(RedisStore::with_ca_file(url, ca_file.as_deref())?)
+        }
     })
 }
 

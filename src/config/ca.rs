@@ -32,9 +32,15 @@ impl fmt::Debug for UpstreamCa {
 }
 
 impl UpstreamCa {
-    /// Every certificate of the PEM file at `path`; the error names the key and the path.
+    /// Every certificate of the PEM file at `path` (`upstream.ca_file`); the error names the
+    /// key and the path.
     pub fn load(path: &str) -> Result<Self, String> {
-        let problem = |why: String| format!("upstream.ca_file = {path:?}: {why}");
+        Self::load_for("upstream.ca_file", path)
+    }
+
+    /// The same for the config key `key` (`store.ca_file` reads its file this way too).
+    pub fn load_for(key: &str, path: &str) -> Result<Self, String> {
+        let problem = |why: String| format!("{key} = {path:?}: {why}");
         let bytes = std::fs::read(path).map_err(|e| problem(format!("can't read it: {e}")))?;
         let mut ders = Vec::new();
         let mut others = Vec::new();

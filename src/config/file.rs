@@ -77,6 +77,9 @@ pub struct Store {
     pub backend: String,
     pub path: String,
     pub url: Option<String>,
+    /// PEM file of the CAs a `rediss://` server's certificate is verified against, instead of
+    /// the system's.
+    pub ca_file: Option<String>,
 }
 
 impl Default for Store {
@@ -85,6 +88,7 @@ impl Default for Store {
             backend: "embedded".into(),
             path: "data/tokengate.db".into(),
             url: None,
+            ca_file: None,
         }
     }
 }

@@ -33,8 +33,14 @@ pub enum Upstream {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StoreConfig {
-    Embedded { path: PathBuf },
-    Redis { url: String },
+    Embedded {
+        path: PathBuf,
+    },
+    Redis {
+        url: String,
+        /// `store.ca_file`, checked: the CAs a `rediss://` server must chain to.
+        ca_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -284,20 +290,43 @@ impl Config {
             "embedded" => StoreConfig::Embedded {
                 path: PathBuf::from(&store.path),
             },
-            "redis" => match &store.url {
-                Some(url) => {
-                    // One server, a cluster or sentinels; the reason never repeats the URL,
-                    // which may hold a password.
-                    if let Err(why) = crate::store::redis::check_url(url) {
-                        problems.push(format!("store.url: {why}"));
+            "redis" => {
+                let ca_file = store.ca_file.as_deref().and_then(|path| {
+                    if store
+                        .url
+                        .as_deref()
+                        .is_some_and(|u| !u.starts_with("rediss://"))
+                    {
+                        problems.push(
+                            "store.ca_file is set, but store.url is not a rediss:// URL".into(),
+                        );
                     }
-                    StoreConfig::Redis { url: url.clone() }
+                    UpstreamCa::load_for("store.ca_file", path)
+                        .map(|_| PathBuf::from(path))
+                        .map_err(|p| problems.push(p))
+                        .ok()
+                });
+                match &store.url {
+                    Some(url) => {
+                        // One server, a cluster or sentinels; the reason never repeats the
+                        // URL, which may hold a password.
+                        if let Err(why) = crate::store::redis::check_url(url) {
+                            problems.push(format!("store.url: {why}"));
+                        }
+                        StoreConfig::Redis {
+                            url: url.clone(),
+                            ca_file,
+                        }
+                    }
+                    None => {
+                        problems.push("store.backend = \"redis\" needs store.url".into());
+                        StoreConfig::Redis {
+                            url: String::new(),
+                            ca_file,
+                        }
+                    }
                 }
-                None => {
-                    problems.push("store.backend = \"redis\" needs store.url".into());
-                    StoreConfig::Redis { url: String::new() }
-                }
-            },
+            }
             other => {
                 problems.push(format!(
                     "store.backend = {other:?}: expected \"embedded\" or \"redis\""
@@ -778,7 +807,8 @@ mod tests {
         assert_eq!(
             c.store,
             StoreConfig::Redis {
-                url: "redis://127.0.0.1:7000/0".into()
+                url: "redis://127.0.0.1:7000/0".into(),
+                ca_file: None,
             }
         );
         assert_eq!(c.threads, 4);
@@ -850,8 +880,6 @@ mod tests {
             ("redis+sentinel://s1:26379/mymaster/x", "not a number"),
             ("redis+sentinel://s1:26379/mymaster/1/2", "master-name"),
             ("redis://127.0.0.1:6379/x", "not a Redis URL"),
-            // TLS to Redis is not built in: refused here rather than at the first connection.
-            ("rediss://127.0.0.1:6380/0", "TLS"),
         ] {
             let all = problems(bad).unwrap_or_default();
             assert!(
@@ -887,6 +915,24 @@ mod tests {
         );
         assert!(parse_upstream("ftp://x").is_err());
         assert!(parse_upstream("http://x/base").is_err());
+    }
+
+    #[test]
+    fn store_ca_file_needs_rediss_and_a_readable_file() {
+        let text = format!(
+            "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6380/0\"\nca_file = \"/nonexistent/ca.pem\"\n{MINIMAL}"
+        );
+        let all = Config::from_toml(&text, no_env()).unwrap_err().0.join("\n");
+        for needle in [
+            "store.ca_file is set, but store.url is not a rediss:// URL",
+            "store.ca_file = \"/nonexistent/ca.pem\": can't read it",
+        ] {
+            assert!(all.contains(needle), "{needle} missing from:\n{all}");
+        }
+        // rediss:// alone is a URL like another (the system's CAs verify it).
+        let text =
+            format!("[store]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:6380/0\"\n{MINIMAL}");
+        assert!(Config::from_toml(&text, no_env()).is_ok());
     }
 
     #[test]

@@ -206,8 +206,21 @@ fn map_err(e: RedisError) -> StoreError {
 impl RedisStore {
     /// Checks the URL; connects on first use.
     pub fn new(url: &str) -> StoreResult<Self> {
-        let topology =
-            Topology::parse(url).map_err(|e| StoreError::Backend(format!("bad store.url: {e}")))?;
+        Self::with_ca_file(url, None)
+    }
+
+    /// The same, and for a `rediss://` server, the CAs (a PEM file) its certificate must chain
+    /// to instead of the system's.
+    pub fn with_ca_file(url: &str, ca_file: Option<&std::path::Path>) -> StoreResult<Self> {
+        let ca = ca_file
+            .map(|path| {
+                std::fs::read(path).map_err(|e| {
+                    StoreError::Backend(format!("store.ca_file {}: {e}", path.display()))
+                })
+            })
+            .transpose()?;
+        let topology = Topology::parse_with_ca(url, ca)
+            .map_err(|e| StoreError::Backend(format!("bad store.url: {e}")))?;
         Ok(Self {
             topology,
             conn: OnceCell::new(),

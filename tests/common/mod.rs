@@ -23,7 +23,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until something accepts connections on `port` (a readiness probe, bounded).
-fn wait_for_port(port: u16, child: &mut Child, what: &str, log: Option<&std::path::Path>) {
+pub fn wait_for_port(port: u16, child: &mut Child, what: &str, log: Option<&std::path::Path>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {

@@ -5,8 +5,8 @@
 //! hash slot every key lives in.
 //!
 //! URL forms:
-//! - `redis://[user:password@]host:port[/db]`: one server (`rediss://` is refused: redis-rs is
-//!   built without TLS).
+//! - `redis://[user:password@]host:port[/db]`: one server; `rediss://` for one over TLS
+//!   (rustls), verified against the system's CAs or `store.ca_file`'s.
 //! - `redis+cluster://[user:password@]host:port,host:port[/]`: a Redis Cluster, by seed nodes.
 //! - `redis+sentinel://[user:password@]host:port,host:port/<master-name>[/<db>]`: the master
 //!   that the sentinels name; the credentials are the Redis servers', the sentinels are asked
@@ -41,7 +41,7 @@ const SENTINEL_SCHEME: &str = "redis+sentinel://";
 /// A `store.url`, read and checked; nothing is connected yet.
 #[derive(Clone)]
 pub enum Topology {
-    Single(redis::Client),
+    Single(Arc<redis::Client>),
     Cluster(Arc<ClusterTarget>),
     Sentinel(Arc<SentinelTarget>),
 }
@@ -55,13 +55,34 @@ pub struct ClusterTarget {
 impl Topology {
     /// Reads `url`. The error never repeats the URL: it may hold a password.
     pub fn parse(url: &str) -> Result<Self, String> {
+        Self::parse_with_ca(url, None)
+    }
+
+    /// Reads `url`; a `rediss://` server is verified against `ca` (PEM) when given.
+    pub fn parse_with_ca(url: &str, ca: Option<Vec<u8>>) -> Result<Self, String> {
         if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
             parse_cluster(rest)
         } else if let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) {
             parse_sentinel(rest)
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
-            redis::Client::open(url)
-                .map(Self::Single)
+            let client = if url.starts_with("rediss://") {
+                // rustls needs its process-wide crypto provider (the one Pingora uses).
+                pingora::tls::install_default_crypto_provider();
+                match ca {
+                    Some(root_cert) => redis::Client::build_with_tls(
+                        url,
+                        redis::TlsCertificates {
+                            client_tls: None,
+                            root_cert: Some(root_cert),
+                        },
+                    ),
+                    None => redis::Client::open(url),
+                }
+            } else {
+                redis::Client::open(url)
+            };
+            client
+                .map(|c| Self::Single(Arc::new(c)))
                 .map_err(|e| format!("not a Redis URL ({})", describe(&e)))
         } else {
             Err(format!(
