@@ -1,12 +1,13 @@
 //! moka in front of the store: users, apps and user tokens by id, found (`ttl`) or known to be
-//! absent (`negative_ttl`). A hit is one concurrent-map read and an `Arc` clone: no store call,
-//! no write, no lock. Concurrent misses on one key share a single store read.
+//! absent (`negative_ttl`). A hit is one concurrent-map read, a clock read and an `Arc` clone:
+//! no store call, no write, no lock. Concurrent misses on one key share a single store read.
 //!
 //! Invalidation: an admin change calls [`Cache::invalidate`] at once; the same
 //! [`Invalidation`] is what the cross-replica bus (Redis pub/sub, `crate::bus`) carries. A load
 //! racing an invalidation is used once but not kept, so a change is never papered over by a
 //! stale read. When messages may have been missed (the subscription dropped),
-//! [`Cache::resync`] empties the tables, so the bound on a missed change is the TTL at worst.
+//! [`Cache::resync`] starts a new generation: no entry loaded before it is a hit again (they
+//! stay only for stale serving), so the bound on a missed change is the TTL at worst.
 //!
 //! Stale serving: an entry carries the time it was loaded (by the engine's clock). It is a hit
 //! for `ttl`; a found record then stays in the table until `ttl + stale_for`, and is read only
