@@ -54,9 +54,15 @@ pub enum StartError {
 pub fn open_store(config: &StoreConfig) -> Result<SharedStore, crate::store::StoreError> {
     Ok(match config {
         StoreConfig::Embedded { path } => Arc::new(EmbeddedStore::open(path)?),
-        StoreConfig::Redis { url, ca_file } => {
-            Arc::new(RedisStore::with_ca_file(url, ca_file.as_deref())?)
-        }
+        StoreConfig::Redis {
+            url,
+            ca_file,
+            sentinel_password,
+        } => Arc::new(RedisStore::with_options(
+            url,
+            ca_file.as_deref(),
+            sentinel_password.as_deref(),
+        )?),
     })
 }
 

@@ -170,12 +170,12 @@ impl Drop for TlsRedis {
 #[tokio::test]
 async fn the_store_conforms_over_tls_and_trusts_only_its_ca() {
     let redis = TlsRedis::start();
-    let store = RedisStore::with_ca_file(&redis.url(), Some(&redis.file("ca.crt"))).unwrap();
+    let store = RedisStore::with_options(&redis.url(), Some(&redis.file("ca.crt")), None).unwrap();
     conformance(&store).await;
 
     // The system's CAs, or another CA, don't vouch for this server: nothing is read.
     for ca in [None, Some(redis.file("other.crt"))] {
-        let store = RedisStore::with_ca_file(&redis.url(), ca.as_deref()).unwrap();
+        let store = RedisStore::with_options(&redis.url(), ca.as_deref(), None).unwrap();
         let refused = store.user("anyone").await;
         assert!(refused.is_err(), "{ca:?}: {refused:?}");
     }

@@ -67,6 +67,33 @@ async fn sentinel_store_conforms() {
     assert!(keys > 0);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn sentinels_that_want_a_password_get_store_sentinel_password() {
+    let sentinel = RedisSentinel::start();
+    // From now on the sentinel wants a password of every client (`requirepass`, as ACL).
+    let ok: String = sentinel
+        .sentinel
+        .query(
+            redis::cmd("ACL")
+                .arg("SETUSER")
+                .arg("default")
+                .arg("resetpass")
+                .arg(">sentinel-secret"),
+        )
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let without = RedisStore::new(&sentinel.url()).unwrap();
+    let refused = without.ping().await;
+    assert!(refused.is_err(), "{refused:?}");
+    let wrong = RedisStore::with_options(&sentinel.url(), None, Some("not-it")).unwrap();
+    assert!(wrong.ping().await.is_err());
+    let with = RedisStore::with_options(&sentinel.url(), None, Some("sentinel-secret")).unwrap();
+    conformance(&with).await;
+    // It wrote to the master the sentinel named (the master itself wants no password).
+    let keys: i64 = sentinel.master.query(&mut redis::cmd("DBSIZE")).unwrap();
+    assert!(keys > 0);
+}
+
 /// `ping` and a read against nothing at all: `Unavailable`, within a bound.
 async fn unavailable(url: &str) {
     let store = RedisStore::new(url).unwrap();

@@ -80,6 +80,8 @@ pub struct Store {
     /// PEM file of the CAs a `rediss://` server's certificate is verified against, instead of
     /// the system's.
     pub ca_file: Option<String>,
+    /// The sentinels' own password (`requirepass` in sentinel.conf), for `redis+sentinel://`.
+    pub sentinel_password: Option<String>,
 }
 
 impl Default for Store {
@@ -89,6 +91,7 @@ impl Default for Store {
             path: "data/tokengate.db".into(),
             url: None,
             ca_file: None,
+            sentinel_password: None,
         }
     }
 }

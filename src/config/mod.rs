@@ -40,6 +40,8 @@ pub enum StoreConfig {
         url: String,
         /// `store.ca_file`, checked: the CAs a `rediss://` server must chain to.
         ca_file: Option<PathBuf>,
+        /// `store.sentinel_password`: what the sentinels of a `redis+sentinel://` URL want.
+        sentinel_password: Option<String>,
     },
 }
 
@@ -306,6 +308,19 @@ impl Config {
                         .map_err(|p| problems.push(p))
                         .ok()
                 });
+                let sentinel_password = store.sentinel_password.clone();
+                if sentinel_password.is_some()
+                    && store
+                        .url
+                        .as_deref()
+                        .is_some_and(|u| !u.starts_with("redis+sentinel://"))
+                {
+                    problems.push(
+                        "store.sentinel_password is set, but store.url is not a \
+                         redis+sentinel:// URL"
+                            .into(),
+                    );
+                }
                 match &store.url {
                     Some(url) => {
                         // One server, a cluster or sentinels; the reason never repeats the
@@ -316,6 +331,7 @@ impl Config {
                         StoreConfig::Redis {
                             url: url.clone(),
                             ca_file,
+                            sentinel_password,
                         }
                     }
                     None => {
@@ -323,6 +339,7 @@ impl Config {
                         StoreConfig::Redis {
                             url: String::new(),
                             ca_file,
+                            sentinel_password,
                         }
                     }
                 }
@@ -506,10 +523,11 @@ fn apply_env(
             continue;
         }
         // Secrets, addresses and names stay strings even when they look like numbers.
-        const STRINGS: [&str; 14] = [
+        const STRINGS: [&str; 15] = [
             "key",
             "key_file",
             "ca_file",
+            "sentinel_password",
             "url",
             "path",
             "listen",
@@ -809,6 +827,7 @@ mod tests {
             StoreConfig::Redis {
                 url: "redis://127.0.0.1:7000/0".into(),
                 ca_file: None,
+                sentinel_password: None,
             }
         );
         assert_eq!(c.threads, 4);
@@ -918,7 +937,7 @@ mod tests {
     }
 
     #[test]
-    fn store_ca_file_needs_rediss_and_a_readable_file() {
+    fn store_ca_file_and_sentinel_password_fit_their_url() {
         let text = format!(
             "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6380/0\"\nca_file = \"/nonexistent/ca.pem\"\n{MINIMAL}"
         );
@@ -929,6 +948,17 @@ mod tests {
         ] {
             assert!(all.contains(needle), "{needle} missing from:\n{all}");
         }
+        // A sentinel password is for sentinels only.
+        let text = format!(
+            "[store]\nbackend = \"redis\"\nurl = \"redis://127.0.0.1:6380/0\"\nsentinel_password = \"x\"\n{MINIMAL}"
+        );
+        let all = Config::from_toml(&text, no_env()).unwrap_err().0.join("\n");
+        assert!(
+            all.contains(
+                "store.sentinel_password is set, but store.url is not a redis+sentinel:// URL"
+            ),
+            "{all}"
+        );
         // rediss:// alone is a URL like another (the system's CAs verify it).
         let text =
             format!("[store]\nbackend = \"redis\"\nurl = \"rediss://127.0.0.1:6380/0\"\n{MINIMAL}");

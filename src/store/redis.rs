@@ -206,12 +206,16 @@ fn map_err(e: RedisError) -> StoreError {
 impl RedisStore {
     /// Checks the URL; connects on first use.
     pub fn new(url: &str) -> StoreResult<Self> {
-        Self::with_ca_file(url, None)
+        Self::with_options(url, None, None)
     }
 
-    /// The same, and for a `rediss://` server, the CAs (a PEM file) its certificate must chain
-    /// to instead of the system's.
-    pub fn with_ca_file(url: &str, ca_file: Option<&std::path::Path>) -> StoreResult<Self> {
+    /// The same, with, for a `rediss://` server, the CAs (a PEM file) its certificate must
+    /// chain to instead of the system's, and for `redis+sentinel://`, the sentinels' password.
+    pub fn with_options(
+        url: &str,
+        ca_file: Option<&std::path::Path>,
+        sentinel_password: Option<&str>,
+    ) -> StoreResult<Self> {
         let ca = ca_file
             .map(|path| {
                 std::fs::read(path).map_err(|e| {
@@ -219,7 +223,7 @@ impl RedisStore {
                 })
             })
             .transpose()?;
-        let topology = Topology::parse_with_ca(url, ca)
+        let topology = Topology::parse_with(url, ca, sentinel_password)
             .map_err(|e| StoreError::Backend(format!("bad store.url: {e}")))?;
         Ok(Self {
             topology,

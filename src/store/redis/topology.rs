@@ -10,7 +10,7 @@
 //! - `redis+cluster://[user:password@]host:port,host:port[/]`: a Redis Cluster, by seed nodes.
 //! - `redis+sentinel://[user:password@]host:port,host:port/<master-name>[/<db>]`: the master
 //!   that the sentinels name; the credentials are the Redis servers', the sentinels are asked
-//!   without any.
+//!   with `store.sentinel_password` (none when unset).
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -55,15 +55,20 @@ pub struct ClusterTarget {
 impl Topology {
     /// Reads `url`. The error never repeats the URL: it may hold a password.
     pub fn parse(url: &str) -> Result<Self, String> {
-        Self::parse_with_ca(url, None)
+        Self::parse_with(url, None, None)
     }
 
-    /// Reads `url`; a `rediss://` server is verified against `ca` (PEM) when given.
-    pub fn parse_with_ca(url: &str, ca: Option<Vec<u8>>) -> Result<Self, String> {
+    /// Reads `url`; a `rediss://` server is verified against `ca` (PEM) when given, and the
+    /// sentinels of a `redis+sentinel://` URL are asked with `sentinel_password`.
+    pub fn parse_with(
+        url: &str,
+        ca: Option<Vec<u8>>,
+        sentinel_password: Option<&str>,
+    ) -> Result<Self, String> {
         if let Some(rest) = url.strip_prefix(CLUSTER_SCHEME) {
             parse_cluster(rest)
         } else if let Some(rest) = url.strip_prefix(SENTINEL_SCHEME) {
-            parse_sentinel(rest)
+            parse_sentinel(rest, sentinel_password)
         } else if url.starts_with("redis://") || url.starts_with("rediss://") {
             let client = if url.starts_with("rediss://") {
                 // rustls needs its process-wide crypto provider (the one Pingora uses).
@@ -181,7 +186,7 @@ fn parse_cluster(rest: &str) -> Result<Topology, String> {
     Ok(Topology::Cluster(Arc::new(ClusterTarget { client, nodes })))
 }
 
-fn parse_sentinel(rest: &str) -> Result<Topology, String> {
+fn parse_sentinel(rest: &str, sentinel_password: Option<&str>) -> Result<Topology, String> {
     const FORM: &str = "expected /<master-name>[/<db>] after the sentinels";
     let (credentials, hosts, path) = split_authority(rest)?;
     let mut parts = path.strip_prefix('/').ok_or(FORM)?.split('/');
@@ -202,8 +207,17 @@ fn parse_sentinel(rest: &str) -> Result<Topology, String> {
     }
     let sentinels = hosts
         .iter()
-        .map(|h| node(None, h, 26379))
-        .collect::<Result<Vec<_>, _>>()?;
+        .map(|h| {
+            let sentinel = node(None, h, 26379)?;
+            Ok(match sentinel_password {
+                Some(password) => {
+                    let auth = sentinel.redis_settings().clone().set_password(password);
+                    sentinel.set_redis_settings(auth)
+                }
+                None => sentinel,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     // The credentials (if any) are the Redis servers': read them as one node's.
     let redis = node(credentials, hosts[0], 26379)?
         .redis_settings()
