@@ -463,6 +463,9 @@ impl ProxyHttp for Proxy {
                 ctx.outcome.decision = "error";
                 ctx.outcome.reason = AuthError::UpstreamUnavailable.code();
                 ctx.outcome.upstream_failed = true;
+                // Counted before the answer goes out (not in `logging`, which runs after it):
+                // whoever sees the 502 finds it counted.
+                self.engine.metrics().upstream_failed();
                 refuse(session, AuthError::UpstreamUnavailable, &ctx.request_id).await;
                 return FailToProxy {
                     error_code: 502,
@@ -513,9 +516,10 @@ impl ProxyHttp for Proxy {
             status,
             latency_us = ctx.started.map_or(0, |t| t.elapsed().as_micros() as u64),
         );
-        if ctx.outcome.upstream_failed {
-            self.engine.metrics().upstream_failed();
-        } else if let Some(started) = ctx.upstream_started {
+        // A failed upstream was counted in `fail_to_proxy`.
+        if !ctx.outcome.upstream_failed
+            && let Some(started) = ctx.upstream_started
+        {
             let metrics = self.engine.metrics();
             metrics
                 .upstream_duration
