@@ -5,95 +5,12 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::certs::{make_ca, make_cert};
 use common::{Backend, Tokengate};
 use serde_json::json;
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let ok = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl must be installed")
-        .success();
-    assert!(ok, "openssl {args:?}");
-}
-
-/// A test CA in `dir` (ca.crt, ca.key).
-fn make_ca(dir: &Path) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test CA",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-        ],
-    );
-}
-
-/// A certificate for 127.0.0.1 signed by the test CA, and its key, written to `cert` and `key`.
-fn make_cert(dir: &Path, cert: &str, key: &str, cn: &str) {
-    let subject = format!("/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            &subject,
-            "-keyout",
-            key,
-            "-out",
-            "leaf.csr",
-        ],
-    );
-    std::fs::write(
-        dir.join("leaf.ext"),
-        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=critical,CA:FALSE\n",
-    )
-    .unwrap();
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "leaf.ext",
-            "-out",
-            cert,
-        ],
-    );
-}
 
 /// The subject of the certificate served on `port`.
 fn served_subject(port: u16) -> String {
@@ -122,8 +39,8 @@ async fn the_proxy_serves_https_and_picks_up_a_renewed_certificate() {
         "",
     );
     let dir = tg.dir.path().to_owned();
-    make_ca(&dir);
-    make_cert(&dir, "tls.crt", "tls.key", "first");
+    make_ca(&dir, "ca");
+    make_cert(&dir, "ca", "tls.crt", "tls.key", "first");
     tg.rewrite_config(|c| {
         c.replace(
             "threads = 1\n",
@@ -159,7 +76,7 @@ async fn the_proxy_serves_https_and_picks_up_a_renewed_certificate() {
     assert!(served_subject(tg.port).contains("first"));
 
     // Renewed as a Secret update does it: new files swapped in.
-    make_cert(&dir, "new.crt", "new.key", "second");
+    make_cert(&dir, "ca", "new.crt", "new.key", "second");
     std::fs::rename(dir.join("new.key"), dir.join("tls.key")).unwrap();
     std::fs::rename(dir.join("new.crt"), dir.join("tls.crt")).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -229,7 +146,7 @@ async fn the_proxy_serves_https_and_picks_up_a_renewed_certificate() {
         .unwrap();
     assert!(out.status.success());
     // A key that isn't the certificate's.
-    make_cert(&dir, "other.crt", "other.key", "other");
+    make_cert(&dir, "ca", "other.crt", "other.key", "other");
     std::fs::copy(dir.join("other.key"), dir.join("tls.key")).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_tokengate"))
         .args(["check-config", "-c"])

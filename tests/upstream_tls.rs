@@ -13,96 +13,11 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
+use common::certs::{make_ca, make_cert};
 use common::{Backend, Tokengate, free_port};
 use serde_json::json;
 
 const ROUTES: &str = "[[routes]]\npath = \"/db/{app}\"\n";
-
-fn openssl(dir: &Path, args: &[&str]) {
-    let ok = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .expect("openssl must be installed")
-        .success();
-    assert!(ok, "openssl {args:?}");
-}
-
-/// A test CA in `dir`: `{name}.crt`, `{name}.key`.
-fn make_ca(dir: &Path, name: &str) {
-    let subject = format!("/CN=test CA {name}");
-    let (crt, key) = (format!("{name}.crt"), format!("{name}.key"));
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            &subject,
-            "-keyout",
-            &key,
-            "-out",
-            &crt,
-        ],
-    );
-}
-
-/// `upstream.crt` / `upstream.key` for `localhost` (and the loopback addresses), signed by the
-/// CA `ca`.
-fn make_upstream_cert(dir: &Path, ca: &str) {
-    openssl(
-        dir,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=upstream",
-            "-keyout",
-            "upstream.key",
-            "-out",
-            "upstream.csr",
-        ],
-    );
-    std::fs::write(
-        dir.join("upstream.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1,IP:::1\nbasicConstraints=critical,CA:FALSE\n",
-    )
-    .unwrap();
-    let (ca_crt, ca_key) = (format!("{ca}.crt"), format!("{ca}.key"));
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "upstream.csr",
-            "-CA",
-            &ca_crt,
-            "-CAkey",
-            &ca_key,
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            "upstream.ext",
-            "-out",
-            "upstream.crt",
-        ],
-    );
-}
 
 /// nginx serving HTTPS (`upstream.crt`) on a socket of the test's own: bound and listening
 /// before nginx starts and handed to it as its stdin, with `NGINX=0;` (nginx's inherited-socket
@@ -226,7 +141,7 @@ fn an_https_upstream_is_trusted_through_upstream_ca_file() {
     let dir = pki.path();
     make_ca(dir, "ca");
     make_ca(dir, "other");
-    make_upstream_cert(dir, "ca");
+    make_cert(dir, "ca", "upstream.crt", "upstream.key", "upstream");
     // The upstream's CA second in a bundle: every certificate of the file counts.
     let bundle = std::fs::read_to_string(dir.join("other.crt")).unwrap()
         + &std::fs::read_to_string(dir.join("ca.crt")).unwrap();

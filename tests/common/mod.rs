@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod certs;
+
 pub const ADMIN_KEY: &str = "test-admin-key-0123456789abcdef";
 
 pub fn free_port() -> u16 {
@@ -23,7 +25,7 @@ pub fn free_port() -> u16 {
 }
 
 /// Waits until something accepts connections on `port` (a readiness probe, bounded).
-pub fn wait_for_port(port: u16, child: &mut Child, what: &str, log: Option<&std::path::Path>) {
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: Option<&std::path::Path>) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_ok() {
@@ -77,30 +79,49 @@ pub struct RedisServer {
     pub port: u16,
     child: Child,
     persistent: bool,
+    /// Speaking TLS only, with the certificates in this folder (see [`RedisServer::start_tls`]).
+    tls: Option<PathBuf>,
     dir: tempfile::TempDir,
 }
 
 impl RedisServer {
     /// Keeping nothing on disk.
     pub fn start() -> Self {
-        Self::launch(tempfile::tempdir().unwrap(), free_port(), false)
+        Self::launch(tempfile::tempdir().unwrap(), free_port(), false, None)
     }
 
     /// Writing every change to an append-only file, so a restart (after a kill) keeps the data.
     pub fn start_persistent() -> Self {
-        Self::launch(tempfile::tempdir().unwrap(), free_port(), true)
+        Self::launch(tempfile::tempdir().unwrap(), free_port(), true, None)
     }
 
-    fn launch(dir: tempfile::TempDir, port: u16, persistent: bool) -> Self {
+    /// Speaking TLS only (no plain port), keeping nothing on disk, with the certificate
+    /// `redis.crt` / `redis.key` of the folder `certs` (and its `ca.crt`, which redis-server
+    /// wants though it asks clients for no certificate).
+    pub fn start_tls(certs: &std::path::Path) -> Self {
+        Self::launch(
+            tempfile::tempdir().unwrap(),
+            free_port(),
+            false,
+            Some(certs.to_owned()),
+        )
+    }
+
+    fn launch(dir: tempfile::TempDir, port: u16, persistent: bool, tls: Option<PathBuf>) -> Self {
         let mut cmd = Command::new("redis-server");
-        cmd.args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]);
+        match &tls {
+            None => cmd.args(["--port", &port.to_string()]),
+            Some(certs) => cmd
+                .args(["--port", "0", "--tls-port", &port.to_string()])
+                .arg("--tls-cert-file")
+                .arg(certs.join("redis.crt"))
+                .arg("--tls-key-file")
+                .arg(certs.join("redis.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(certs.join("ca.crt"))
+                .args(["--tls-auth-clients", "no"]),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", ""]);
         if persistent {
             cmd.args(["--appendonly", "yes", "--appendfsync", "always"]);
         } else {
@@ -118,12 +139,18 @@ impl RedisServer {
             port,
             child,
             persistent,
+            tls,
             dir,
         }
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.tls.is_some() {
+            "rediss"
+        } else {
+            "redis"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Kills this server (ours, by pid) in the middle of whatever is going on.
@@ -136,7 +163,7 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.kill();
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
-        let again = Self::launch(dir, self.port, self.persistent);
+        let again = Self::launch(dir, self.port, self.persistent, self.tls.clone());
         let old = std::mem::replace(self, again);
         drop(old); // its process is already gone; its (new, empty) temporary directory goes
     }
