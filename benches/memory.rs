@@ -430,6 +430,20 @@ where
     (b1 - b0, a1 - a0, r1 - r0, held.len() as u64)
 }
 
+/// Whether `loaded` found the record; with `used`, `use_it` (what a request does to it) runs on
+/// it too.
+fn held<T>(loaded: StoreResult<Cached<T>>, used: bool, use_it: fn(&T)) -> bool {
+    match loaded {
+        Ok(Cached::Found(record)) => {
+            if used {
+                use_it(&record);
+            }
+            true
+        }
+        _ => false,
+    }
+}
+
 /// One scenario, in this process: prints one `result` line.
 fn run_scenario(name: &str, n: u64) {
     let (kind, setup) = name.split_once('/').expect("a scenario is kind/setup");
@@ -466,33 +480,15 @@ fn run_scenario(name: &str, n: u64) {
                 // values (made once, then shared).
                 let used = setup == "used";
                 let found = match kind {
-                    "user_token" => match cache.user_token(&id).await {
-                        Ok(Cached::Found(r)) => {
-                            if used {
-                                r.header_values();
-                            }
-                            true
-                        }
-                        _ => false,
-                    },
-                    "ticket" => match cache.ticket(&id).await {
-                        Ok(Cached::Found(r)) => {
-                            if used {
-                                r.header_values();
-                            }
-                            true
-                        }
-                        _ => false,
-                    },
-                    _ => match cache.session(&id).await {
-                        Ok(Cached::Found(r)) => {
-                            if used {
-                                r.header_values();
-                            }
-                            true
-                        }
-                        _ => false,
-                    },
+                    "user_token" => held(cache.user_token(&id).await, used, |r| {
+                        r.header_values();
+                    }),
+                    "ticket" => held(cache.ticket(&id).await, used, |r| {
+                        r.header_values();
+                    }),
+                    _ => held(cache.session(&id).await, used, |r| {
+                        r.header_values();
+                    }),
                 };
                 assert!(found, "{kind} {id} was not loaded");
             }
